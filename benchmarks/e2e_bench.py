@@ -1,0 +1,120 @@
+"""Side-by-side training throughput on CPU: hier_ps's pass trainer vs plain PyTorch, same model and batches.
+
+Both sides train the same DLRM (same init seed) on the same examples of the synthetic demo data, batch by batch in
+the same order, with row-wise Adagrad-like sparse updates on the hier_ps side and ``torch.optim.Adagrad`` on sparse
+``nn.EmbeddingBag`` gradients on the PyTorch side (the closest stock PyTorch has; it is per-element Adagrad).
+
+What each side's number includes:
+- ``hier_ps train stage``: pooled lookup, model, loss, backward, dense step and the fused sparse update — the
+  ``seconds.train`` of metrics.jsonl.
+- ``hier_ps whole pass``: everything in the pass (read Parquet, plan, pull from the tiers, load, train, push).
+- ``pytorch``: the training loop only, given keys already remapped to dense row indices (planning done for it, free).
+
+Usage: ``python benchmarks/e2e_bench.py [--rows 200000] [--batch 4096] [--dim 16]``; prints a table and a JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+import hier_ps as hp
+from hier_ps.data import ParquetReader, generate_synthetic
+from hier_ps.models import build_model
+from hier_ps.plan import plan_pass
+
+
+def _config(data: Path, run: Path, rows: int, batch: int, dim: int, info: dict) -> hp.Config:
+    slots = [{"name": c, "pooling": "mean" if k == "multi" else "sum"} for c, k in info["sparse"].items()]
+    return hp.load_config({
+        "run": {"dir": str(run), "seed": 0},
+        "data": {"train": str(data / "train"), "dense": info["dense"], "sparse": slots},
+        "tables": [{"name": s["name"], "dim": dim} for s in slots],
+        "sparse_optimizer": {"name": "rowwise_adagrad", "lr": 0.05},
+        "model": {"name": "dlrm", "args": {"bottom": [64, dim], "top": [128, 64]}},
+        "store": {"host_cache_bytes": "8GiB"},
+        "train": {"device": "cpu", "batch_size": batch, "pass_examples": rows, "max_passes": 1, "progress": False},
+    })
+
+
+def run_hier_ps(cfg: hp.Config) -> dict:
+    with hp.Trainer(cfg) as tr:
+        s = tr.fit()
+    rec = json.loads((Path(cfg.run.dir) / "metrics.jsonl").read_text().splitlines()[0])
+    return {"examples": s["examples"], "train_s": rec["seconds"]["train"], "pass_s": sum(rec["seconds"].values())}
+
+
+def run_pytorch(cfg: hp.Config, rows: int) -> dict:
+    reader = ParquetReader(cfg.data.train, label=cfg.data.labels, dense=cfg.data.dense,
+                           slots={s.name: s.column for s in cfg.data.sparse})
+    chunk = next(reader.iter_chunks(rows))
+    slot_tables = {s.name: s.table for s in cfg.data.sparse}
+    plan = plan_pass(chunk, slot_tables, cfg.train.batch_size, 0, for_training=False)
+    torch.manual_seed(cfg.run.seed)
+    dims = {s.name: cfg.table(s.table).dim for s in cfg.data.sparse}
+    model = build_model(cfg.model.name, dense_dim=len(cfg.data.dense), slot_dims=dims, args=cfg.model.args)
+    bags = torch.nn.ModuleDict({
+        t: torch.nn.EmbeddingBag(len(plan.keys[t]), cfg.table(t).dim, mode="sum", sparse=True) for t in plan.keys
+    })
+    dense_opt = torch.optim.Adam(model.parameters(), lr=cfg.dense_optimizer.lr)
+    sparse_opt = torch.optim.Adagrad(bags.parameters(), lr=cfg.sparse_optimizer.lr)
+    pooling = {s.name: s.pooling.value for s in cfg.data.sparse}
+    batches = [plan.batch(i) for i in range(plan.num_batches)]
+    t0 = time.perf_counter()
+    for b in batches:
+        sparse = {}
+        for slot, (off, idx) in b.slots.items():
+            bag = bags[slot_tables[slot]]
+            sparse[slot] = F.embedding_bag(torch.from_numpy(idx), bag.weight, torch.from_numpy(off),
+                                           mode=pooling[slot], sparse=True, include_last_offset=True)
+        logits = model(torch.from_numpy(b.dense), sparse).reshape(len(b), -1)
+        loss = F.binary_cross_entropy_with_logits(logits, torch.from_numpy(b.labels))
+        dense_opt.zero_grad(set_to_none=True)
+        sparse_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        dense_opt.step()
+        sparse_opt.step()
+    return {"examples": len(chunk), "train_s": time.perf_counter() - t0}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--rows", type=int, default=200_000)
+    p.add_argument("--batch", type=int, default=4096)
+    p.add_argument("--dim", type=int, default=16)
+    args = p.parse_args()
+    torch.set_num_threads(max(torch.get_num_threads(), 1))
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp) / "data"
+        info = generate_synthetic(data, preset="demo", seed=0, train_rows=args.rows, eval_rows=1000)
+        cfg = _config(data, Path(tmp) / "run", args.rows, args.batch, args.dim, info)
+        ours = run_hier_ps(cfg)
+        base = run_pytorch(cfg, args.rows)
+    res = {
+        "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch "
+                   f"{torch.__version__}",
+        "rows": args.rows, "batch": args.batch, "dim": args.dim,
+        "hier_ps_train_ex_s": ours["examples"] / ours["train_s"],
+        "hier_ps_pass_ex_s": ours["examples"] / ours["pass_s"],
+        "pytorch_train_ex_s": base["examples"] / base["train_s"],
+    }
+    res["ratio_train"] = res["hier_ps_train_ex_s"] / res["pytorch_train_ex_s"]
+    res["ratio_pass"] = res["hier_ps_pass_ex_s"] / res["pytorch_train_ex_s"]
+    print(f"{'side':<32}{'examples/s':>14}")
+    print(f"{'hier_ps train stage':<32}{res['hier_ps_train_ex_s']:>14,.0f}")
+    print(f"{'hier_ps whole pass':<32}{res['hier_ps_pass_ex_s']:>14,.0f}")
+    print(f"{'pytorch EmbeddingBag+Adagrad':<32}{res['pytorch_train_ex_s']:>14,.0f}")
+    print(f"ratio (train stage / pytorch): {res['ratio_train']:.2f}x; (whole pass / pytorch): {res['ratio_pass']:.2f}x")
+    print(json.dumps(res))
+
+
+if __name__ == "__main__":
+    main()

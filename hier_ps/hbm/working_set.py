@@ -1,0 +1,149 @@
+"""The HBM tier: a pass's working set on the training device, pooled lookup and the fused sparse update.
+
+A :class:`WorkingSet` holds, for every table, the rows of the pass's working set as device tensors (embeddings and
+optimizer state; metadata stays on the host). It is *pulled* from the tier below (rows not found there are
+initialized), trains the whole pass, and is *pushed* back with updated metadata.
+
+Example:
+    >>> import numpy as np, torch
+    >>> from hier_ps.config import SparseOptimizerConfig, InitConfig
+    >>> spec = TableSpec("t", dim=2, init=InitConfig(name="constant", value=1.0),
+    ...                  optimizer=SparseOptimizerConfig(name="sgd", lr=1.0))
+    >>> t = WorkingSetTable.from_rows(spec, np.array([3, 8], np.uint64),
+    ...                               spec.layout.new_rows(0, "t", np.array([3, 8], np.uint64), spec.init), "cpu")
+    >>> t.pooled(torch.tensor([0, 1, 1]), torch.tensor([0, 2, 3]), "sum").tolist()
+    [[2.0, 2.0], [1.0, 1.0]]
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from hier_ps.config import InitConfig, SparseOptimizerConfig
+from hier_ps.hbm.optimizers import SparseOptimizer, make_sparse_optimizer
+from hier_ps.hbm.rows import RowLayout
+from hier_ps.tier import RowTier
+
+__all__ = ["TableSpec", "WorkingSet", "WorkingSetTable", "segment_sum"]
+
+
+@dataclass
+class TableSpec:
+    """What the HBM tier needs to know of one table."""
+
+    name: str
+    dim: int
+    init: InitConfig
+    optimizer: SparseOptimizerConfig
+    opt: SparseOptimizer = field(init=False)
+    layout: RowLayout = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.opt = make_sparse_optimizer(self.optimizer)
+        self.layout = RowLayout(self.dim, self.opt.state_width(self.dim))
+
+
+def segment_sum(src: torch.Tensor, index: torch.Tensor, n: int) -> torch.Tensor:
+    """Sums rows of `src` that share an index, deterministically.
+
+    Args:
+        src: float[m, dim] one gradient per occurrence.
+        index: int64[m] target row in [0, n) of each occurrence.
+        n: number of target rows.
+
+    Returns:
+        float[n, dim]. On CPU, ``index_add_`` adds in occurrence order; on CUDA (where ``index_add_`` uses float
+        atomics) the occurrences are sorted stably by target and reduced per segment, so the bits never vary.
+    """
+    if src.device.type == "cpu":
+        return torch.zeros(n, src.shape[1], dtype=src.dtype).index_add_(0, index, src)
+    order = torch.sort(index, stable=True).indices
+    lengths = torch.bincount(index, minlength=n)
+    return torch.segment_reduce(src[order], "sum", lengths=lengths, axis=0)
+
+
+class WorkingSetTable:
+    """One table's working set on the device: emb float32[n, dim], state float32[n, S], meta int64[n, 2] (host)."""
+
+    def __init__(self, spec: TableSpec, keys: np.ndarray, emb: torch.Tensor, state: torch.Tensor, meta: np.ndarray):
+        self.spec, self.keys, self.emb, self.state, self.meta = spec, keys, emb, state, meta
+
+    @classmethod
+    def from_rows(cls, spec: TableSpec, keys: np.ndarray, rows: np.ndarray, device: str | torch.device):
+        """Loads packed rows float32[n, width] onto `device`."""
+        emb, state, meta = spec.layout.unpack(rows)
+        return cls(spec, keys, torch.from_numpy(emb).to(device), torch.from_numpy(state).to(device), meta)
+
+    @property
+    def nbytes(self) -> int:
+        """Device bytes held."""
+        return (self.emb.numel() + self.state.numel()) * 4
+
+    def pooled(self, idx: torch.Tensor, offsets: torch.Tensor, pooling: str) -> torch.Tensor:
+        """Pooled lookup of one slot: idx int64[nnz] local rows, offsets int64[B+1] -> float32[B, dim]."""
+        return F.embedding_bag(idx, self.emb, offsets, mode=pooling, include_last_offset=True)
+
+    def apply(self, urows: torch.Tensor, grad: torch.Tensor) -> None:
+        """One optimizer update of the unique rows `urows` int64[u] with summed gradients float32[u, dim]."""
+        w, st = self.emb[urows], self.state[urows]
+        self.spec.opt.update(w, st, grad)
+        self.emb[urows] = w
+        self.state[urows] = st
+
+    def rows(self) -> np.ndarray:
+        """Packed rows float32[n, width] on the host."""
+        return self.spec.layout.pack(self.emb.cpu().numpy(), self.state.cpu().numpy(), self.meta)
+
+
+class WorkingSet:
+    """All tables' working sets of one pass."""
+
+    def __init__(self, tables: dict[str, WorkingSetTable]) -> None:
+        self.tables = tables
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.nbytes for t in self.tables.values())
+
+    @staticmethod
+    def fetch(tier: RowTier, specs: dict[str, TableSpec], keys: dict[str, np.ndarray], seed: int) -> dict:
+        """Pull stage: packed rows of every working-set key from `tier`; keys it lacks get their initial rows.
+
+        Returns:
+            table -> (rows float32[n, width], number of new keys).
+        """
+        out = {}
+        for name, k in keys.items():
+            spec = specs[name]
+            rows, found = tier.read(name, k)
+            missing = ~found
+            n_new = int(missing.sum())
+            if n_new:
+                rows[missing] = spec.layout.new_rows(seed, name, k[missing], spec.init)
+            out[name] = (rows, n_new)
+        return out
+
+    @classmethod
+    def load(cls, specs: dict[str, TableSpec], keys: dict[str, np.ndarray], rows: dict[str, np.ndarray],
+             device: str | torch.device) -> WorkingSet:
+        """Load stage: packed host rows onto the device."""
+        return cls({n: WorkingSetTable.from_rows(specs[n], keys[n], rows[n], device) for n in keys})
+
+    def push(self, tier: RowTier, counts: dict[str, np.ndarray], pass_index: int) -> int:
+        """Push stage: writes every row back to `tier` with count += occurrences and last_pass = pass_index.
+
+        Returns:
+            Bytes written.
+        """
+        nbytes = 0
+        for name, t in self.tables.items():
+            t.meta[:, 0] += counts[name]
+            t.meta[:, 1] = pass_index
+            rows = t.rows()
+            tier.write(name, t.keys, rows)
+            nbytes += rows.nbytes
+        return nbytes

@@ -1,0 +1,172 @@
+"""Host-RAM tier: a bounded write-back LRU cache of rows over a backing tier (the SSD store).
+
+The byte budget is split so that every table can hold the same number of rows (each table's share is proportional
+to its row bytes). Per table the cache keeps preallocated arrays — rows float32[cap, width], the key of each slot,
+dirty and last-use marks — and a sorted key index searched with ``np.searchsorted``. Every operation is vectorized
+over its batch; evictions choose least-recently-used slots with ``np.argpartition`` and write dirty victims back to the
+backing tier in one batched call.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from hier_ps.tier import RowTier
+
+__all__ = ["HostCache"]
+
+
+class _Slots:
+    """One table's cache arrays."""
+
+    def __init__(self, cap: int, width: int) -> None:
+        self.cap, self.width = cap, width
+        self.rows = np.zeros((cap, width), np.float32)
+        self.keys = np.zeros(cap, np.uint64)
+        self.used = np.zeros(cap, bool)
+        self.dirty = np.zeros(cap, bool)
+        self.last_use = np.zeros(cap, np.int64)
+        self.ikeys = np.zeros(0, np.uint64)  # sorted resident keys
+        self.islots = np.zeros(0, np.int64)  # their slots
+
+    def reindex(self) -> None:
+        occ = np.flatnonzero(self.used)
+        order = np.argsort(self.keys[occ], kind="stable")
+        self.ikeys, self.islots = self.keys[occ][order], occ[order]
+
+    def lookup(self, keys: np.ndarray) -> np.ndarray:
+        """Slot of each key, -1 when not resident."""
+        if not len(self.ikeys):
+            return np.full(len(keys), -1, np.int64)
+        pos = np.minimum(np.searchsorted(self.ikeys, keys), len(self.ikeys) - 1)
+        return np.where(self.ikeys[pos] == keys, self.islots[pos], -1)
+
+
+class HostCache:
+    """Bounded write-back cache over `backing`. Implements :class:`hier_ps.tier.RowTier`.
+
+    Args:
+        backing: the tier below (usually an SSDStore).
+        capacity_bytes: budget for cached rows over all tables; 0 makes the cache a pass-through.
+    """
+
+    def __init__(self, backing: RowTier, capacity_bytes: int) -> None:
+        self.backing = backing
+        self.capacity_bytes = capacity_bytes
+        widths = backing.widths()
+        per_table_rows = capacity_bytes // max(sum(4 * w for w in widths.values()), 1)
+        self.t = {name: _Slots(per_table_rows, w) for name, w in widths.items()}
+        self.clock = 0
+        self.stats: dict[str, float] = {"hits": 0, "misses": 0, "evictions": 0, "rows_written_back": 0,
+                                        "hit_rate": 0.0, "resident_rows": 0}
+
+    def widths(self) -> dict[str, int]:
+        return {n: s.width for n, s in self.t.items()}
+
+    def _tick(self) -> int:
+        self.clock += 1
+        return self.clock
+
+    def _free_slots(self, name: str, n: int) -> np.ndarray:
+        """n free slots of `name`, evicting LRU rows (dirty ones written back) as needed; n <= cap."""
+        s = self.t[name]
+        free = np.flatnonzero(~s.used)
+        need = n - len(free)
+        if need > 0:
+            occ = np.flatnonzero(s.used)
+            victims = occ[np.argpartition(s.last_use[occ], need - 1)[:need]]
+            dirty = victims[s.dirty[victims]]
+            if len(dirty):
+                self.backing.write(name, s.keys[dirty], s.rows[dirty])
+                self.stats["rows_written_back"] += len(dirty)
+            s.used[victims] = False
+            s.dirty[victims] = False
+            self.stats["evictions"] += need
+            free = np.concatenate([free, victims])
+        return free[:n]
+
+    def _insert(self, name: str, keys: np.ndarray, rows: np.ndarray, dirty: bool, clock: int) -> None:
+        """Makes keys (not resident, unique, len <= cap) resident."""
+        s = self.t[name]
+        slots = self._free_slots(name, len(keys))
+        s.rows[slots], s.keys[slots] = rows, keys
+        s.used[slots], s.dirty[slots], s.last_use[slots] = True, dirty, clock
+
+    def read(self, table: str, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """-> (rows float32[n, width], found bool[n]); misses come from the backing tier and become resident."""
+        s = self.t[table]
+        keys = np.asarray(keys, np.uint64)
+        clock = self._tick()
+        slots = s.lookup(keys)
+        hit = slots >= 0
+        rows = np.empty((len(keys), s.width), np.float32)
+        rows[hit] = s.rows[slots[hit]]
+        s.last_use[slots[hit]] = clock
+        found = hit.copy()
+        miss = np.flatnonzero(~hit)
+        if len(miss):
+            mrows, mfound = self.backing.read(table, keys[miss])
+            rows[miss] = mrows
+            found[miss] = mfound
+            fetched = miss[mfound]
+            if s.cap and len(fetched):
+                fetched = fetched[-s.cap :]  # a batch larger than the cache keeps its last rows
+                self._insert(table, keys[fetched], rows[fetched], False, clock)
+                s.reindex()
+        n_hit = int(hit.sum())
+        self.stats["hits"] += n_hit
+        self.stats["misses"] += len(keys) - n_hit
+        self._update_stats()
+        return rows, found
+
+    def write(self, table: str, keys: np.ndarray, rows: np.ndarray) -> None:
+        """Rows become resident and dirty; what does not fit goes straight to the backing tier."""
+        s = self.t[table]
+        keys = np.asarray(keys, np.uint64)
+        clock = self._tick()
+        slots = s.lookup(keys)
+        hit = slots >= 0
+        s.rows[slots[hit]] = rows[hit]
+        s.dirty[slots[hit]] = True
+        s.last_use[slots[hit]] = clock
+        new = np.flatnonzero(~hit)
+        if len(new) > s.cap:
+            spill = new[: len(new) - s.cap]
+            self.backing.write(table, keys[spill], rows[spill])
+            new = new[len(new) - s.cap :]
+        if len(new):
+            # Rows written in this call have the newest clock, so evictions pick older rows first.
+            self._insert(table, keys[new], rows[new], True, clock)
+            s.reindex()
+        self._update_stats()
+
+    def delete(self, table: str, keys: np.ndarray) -> None:
+        """Drops keys from the cache and from the backing tier."""
+        s = self.t[table]
+        keys = np.asarray(keys, np.uint64)
+        slots = s.lookup(keys)
+        slots = slots[slots >= 0]
+        if len(slots):
+            s.used[slots] = False
+            s.dirty[slots] = False
+            s.reindex()
+        self.backing.delete(table, keys)
+        self._update_stats()
+
+    def flush(self) -> None:
+        """Writes every dirty row to the backing tier (batched per table) and marks it clean. Does not commit."""
+        for name, s in self.t.items():
+            dirty = np.flatnonzero(s.dirty & s.used)
+            if len(dirty):
+                self.backing.write(name, s.keys[dirty], s.rows[dirty])
+                self.stats["rows_written_back"] += len(dirty)
+                s.dirty[dirty] = False
+
+    def resident(self, table: str) -> int:
+        """Rows of `table` held in RAM."""
+        return int(self.t[table].used.sum())
+
+    def _update_stats(self) -> None:
+        total = self.stats["hits"] + self.stats["misses"]
+        self.stats["hit_rate"] = self.stats["hits"] / total if total else 0.0
+        self.stats["resident_rows"] = sum(int(s.used.sum()) for s in self.t.values())

@@ -1,0 +1,161 @@
+"""Pass planning: working sets and per-batch local row indices, computed once per pass.
+
+For a pass (a chunk of consecutive examples) and each table, the plan holds the working set (sorted unique keys) and
+their occurrence counts; for every slot, the local row index of each key occurrence (aligned with the chunk's CSR
+keys); and for every batch and table the unique local rows the batch touches with, per occurrence, the position of its
+row among them — so gradients of duplicate keys (across slots sharing a table too) are summed into one row gradient
+without any key work during training.
+
+Example:
+    >>> import numpy as np
+    >>> from hier_ps.data import ExampleChunk
+    >>> c = ExampleChunk(labels=np.zeros((3, 1), np.float32), dense=np.zeros((3, 0), np.float32),
+    ...                  sparse={"a": (np.array([0, 1, 3, 3]), np.array([9, 5, 9], np.uint64))})
+    >>> p = plan_pass(c, {"a": "t"}, batch_size=2, index=0)
+    >>> p.keys["t"].tolist(), p.local["a"].tolist()
+    ([5, 9], [1, 0, 1])
+    >>> b = p.batch(0); b.tables["t"][0].tolist(), b.tables["t"][1].tolist()
+    ([0, 1], [1, 0, 1])
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from hier_ps.data import ExampleChunk
+
+__all__ = ["BatchPlan", "PassPlan", "plan_pass"]
+
+
+@dataclass
+class BatchPlan:
+    """One batch of a pass, ready for the device.
+
+    Attributes:
+        labels: float32[b, T].
+        dense: float32[b, D].
+        slots: slot -> (offsets int64[b+1], local rows int64[nnz]) into the slot's table working set.
+        tables: table -> (unique local rows int64[u], position int64[occ] of each occurrence's row among them, the
+            occurrences of the table's slots concatenated in slot order).
+    """
+
+    labels: np.ndarray
+    dense: np.ndarray
+    slots: dict[str, tuple[np.ndarray, np.ndarray]]
+    tables: dict[str, tuple[np.ndarray, np.ndarray]]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclass
+class PassPlan:
+    """The plan of one pass.
+
+    Attributes:
+        index: global pass index (over all epochs).
+        chunk: the pass's examples.
+        batch_size: examples per batch (the last batch may be shorter).
+        keys: table -> working set, uint64[n] sorted unique.
+        counts: table -> int64[n] occurrences of each working-set key in the pass.
+        local: slot -> int64[nnz] local row of each key occurrence (aligned with ``chunk.sparse[slot][1]``).
+        slot_tables: slot -> table.
+        urow_offsets: table -> int64[num_batches+1] CSR offsets of each batch's unique rows in ``urows``.
+        urows: table -> int64[...] unique local rows touched by each batch, batch after batch.
+        inv: slot -> int64[nnz] position of each occurrence's row among its batch's unique rows (empty when planned
+            with ``for_training=False``, as are urows and urow_offsets).
+    """
+
+    index: int
+    chunk: ExampleChunk
+    batch_size: int
+    keys: dict[str, np.ndarray]
+    counts: dict[str, np.ndarray]
+    local: dict[str, np.ndarray]
+    slot_tables: dict[str, str]
+    urow_offsets: dict[str, np.ndarray]
+    urows: dict[str, np.ndarray]
+    inv: dict[str, np.ndarray]
+
+    @property
+    def num_examples(self) -> int:
+        return len(self.chunk)
+
+    @property
+    def num_batches(self) -> int:
+        return -(-len(self.chunk) // self.batch_size)
+
+    def batch(self, i: int) -> BatchPlan:
+        """The i-th batch's arrays (views, no copies of key data)."""
+        start, stop = i * self.batch_size, min((i + 1) * self.batch_size, len(self.chunk))
+        slots: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        invs: dict[str, list[np.ndarray]] = {}
+        for slot, table in self.slot_tables.items():
+            offsets = self.chunk.sparse[slot][0]
+            lo, hi = offsets[start], offsets[stop]
+            slots[slot] = (offsets[start : stop + 1] - lo, self.local[slot][lo:hi])
+            if slot in self.inv:
+                invs.setdefault(table, []).append(self.inv[slot][lo:hi])
+        tables = {}
+        for table, parts in invs.items():
+            uo = self.urow_offsets[table]
+            inv = parts[0] if len(parts) == 1 else np.concatenate(parts)
+            tables[table] = (self.urows[table][uo[i] : uo[i + 1]], inv)
+        return BatchPlan(self.chunk.labels[start:stop], self.chunk.dense[start:stop], slots, tables)
+
+
+def plan_pass(
+    chunk: ExampleChunk, slot_tables: dict[str, str], batch_size: int, index: int, *, for_training: bool = True
+) -> PassPlan:
+    """Plans one pass.
+
+    Args:
+        chunk: the pass's examples.
+        slot_tables: slot -> table, in slot order (the order occurrences are concatenated in).
+        batch_size: examples per batch.
+        index: global pass index.
+        for_training: also compute the per-batch unique rows that gradients are reduced into (eval needs none).
+
+    Returns:
+        The PassPlan. All work is vectorized: one sort per table for the working set and one for the per-batch
+        unique rows.
+    """
+    n_batches = -(-len(chunk) // batch_size)
+    by_table: dict[str, list[str]] = {}
+    for slot, table in slot_tables.items():
+        by_table.setdefault(table, []).append(slot)
+
+    keys, counts, local, urow_offsets, urows, inv = {}, {}, {}, {}, {}, {}
+    for table, slots in by_table.items():
+        parts = [chunk.sparse[s][1] for s in slots]
+        sizes = [len(p) for p in parts]
+        all_keys = np.concatenate(parts) if len(parts) > 1 else parts[0]
+        uniq, loc, cnt = np.unique(all_keys, return_inverse=True, return_counts=True)
+        loc = loc.astype(np.int64, copy=False).reshape(-1)
+        keys[table], counts[table] = uniq.astype(np.uint64, copy=False), cnt.astype(np.int64)
+        bounds = np.cumsum([0, *sizes])
+        for j, s in enumerate(slots):
+            local[s] = loc[bounds[j] : bounds[j + 1]]
+        if not for_training:
+            continue
+
+        # Batch of every occurrence, then unique (batch, row) pairs: sorted by batch, then by row.
+        batch_of = []
+        for s in slots:
+            offsets = chunk.sparse[s][0]
+            example = np.repeat(np.arange(len(chunk), dtype=np.int64), np.diff(offsets))
+            batch_of.append(example // batch_size)
+        occ_batch = np.concatenate(batch_of) if len(batch_of) > 1 else batch_of[0]
+        n_ws = max(len(uniq), 1)
+        pairs, pos = np.unique(occ_batch * n_ws + loc, return_inverse=True)
+        pos = pos.astype(np.int64, copy=False).reshape(-1)
+        pair_batch = pairs // n_ws
+        offsets_u = np.searchsorted(pair_batch, np.arange(n_batches + 1, dtype=np.int64)).astype(np.int64)
+        urow_offsets[table], urows[table] = offsets_u, pairs % n_ws
+        rel = pos - offsets_u[occ_batch]
+
+        for j, s in enumerate(slots):
+            inv[s] = rel[bounds[j] : bounds[j + 1]]
+    return PassPlan(index, chunk, batch_size, keys, counts, local, dict(slot_tables), urow_offsets, urows, inv)

@@ -1,0 +1,427 @@
+"""The pass trainer: read -> plan -> pull -> load -> train -> push, pass after pass, through SSD -> host RAM -> HBM.
+
+Example:
+    >>> import hier_ps as hp
+    >>> cfg = hp.load_config("configs/demo.yaml", overrides=["train.pass_examples=100000"])  # doctest: +SKIP
+    >>> trainer = hp.Trainer(cfg)                                                            # doctest: +SKIP
+    >>> summary = trainer.fit()                                                              # doctest: +SKIP
+    >>> rows = trainer.lookup("C1", np.array([1, 2], np.uint64))  # float32[2, dim]         # doctest: +SKIP
+    >>> trainer.close()                                                                      # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from hier_ps.config import Config, DenseOptimizerConfig, DenseOptimizerName, load_config, save_config
+from hier_ps.data import ParquetReader, generate_synthetic
+from hier_ps.errors import ConfigError, HierPSError
+from hier_ps.hbm.working_set import TableSpec, WorkingSet, segment_sum
+from hier_ps.hostmem import HostCache
+from hier_ps.metrics import auc, logloss
+from hier_ps.models import build_model
+from hier_ps.plan import BatchPlan, PassPlan, plan_pass
+from hier_ps.ssd import SSDStore
+
+__all__ = ["Trainer", "resolve_device"]
+
+log = logging.getLogger("hier_ps")
+
+STAGES = ("read", "plan", "pull", "load", "train", "push", "eval")
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> cuda when available, else cpu; a cuda device that is not there is a ConfigError."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"train.device: {name!r} requested but no CUDA device is available (use auto or cpu)")
+        idx = int(name.split(":")[1]) if ":" in name else 0
+        if idx >= torch.cuda.device_count():
+            raise ConfigError(f"train.device: {name!r} but only {torch.cuda.device_count()} CUDA device(s) exist")
+    return torch.device(name)
+
+
+def _dense_optimizer(cfg: DenseOptimizerConfig, params: Any) -> torch.optim.Optimizer:
+    params = list(params)
+    if cfg.name == DenseOptimizerName.ADAM:
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.name == DenseOptimizerName.ADAMW:
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.name == DenseOptimizerName.SGD:
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    return torch.optim.Adagrad(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def _occurrence_grads(pooled_grad: torch.Tensor, offsets: torch.Tensor, pooling: str) -> torch.Tensor:
+    """Per-key-occurrence gradients of one slot: pooled_grad float[B, dim], offsets int64[B+1] -> float[nnz, dim]."""
+    lengths = offsets[1:] - offsets[:-1]
+    bag = torch.repeat_interleave(torch.arange(len(lengths), device=offsets.device), lengths)
+    g = pooled_grad[bag]
+    if pooling == "mean":
+        g = g / lengths[bag].unsqueeze(1).to(g.dtype)
+    return g
+
+
+class Trainer:
+    """Trains a CTR model pass by pass through the three tiers.
+
+    Args:
+        cfg: a Config, a config dict, or a YAML path.
+        model: a custom ``nn.Module`` with ``forward(dense [B, D], sparse {slot: [B, dim]}) -> logits [B] | [B, T]``;
+            default: ``cfg.model`` built by name.
+    """
+
+    def __init__(self, cfg: Config | dict | str | Path, model: torch.nn.Module | None = None) -> None:
+        self.cfg = cfg if isinstance(cfg, Config) else load_config(cfg)
+        cfg = self.cfg
+        self.device = resolve_device(cfg.train.device)
+        self.run_dir = Path(cfg.run.dir)
+        self.slot_tables = {s.name: s.table for s in cfg.data.sparse}
+        self.pooling = {s.name: s.pooling.value for s in cfg.data.sparse}
+        self.tasks = cfg.data.labels
+
+        self._ensure_synthetic_data()
+        common = dict(label=self.tasks, dense=cfg.data.dense, slots={s.name: s.column for s in cfg.data.sparse},
+                      on_invalid=cfg.data.on_invalid.value, dense_transform=cfg.data.dense_transform.value)
+        self.train_reader = ParquetReader(cfg.data.train, **common)
+        self.eval_reader = ParquetReader(cfg.data.eval, **common) if cfg.data.eval else None
+
+        self.specs = {t.name: TableSpec(t.name, t.dim, t.init, cfg.optimizer_of(t.name)) for t in cfg.tables}
+        torch.manual_seed(cfg.run.seed)
+        if model is None:
+            dims = {s.name: cfg.table(s.table).dim for s in cfg.data.sparse}
+            model = build_model(cfg.model.name, dense_dim=len(cfg.data.dense), slot_dims=dims,
+                                num_tasks=len(self.tasks), args=cfg.model.args)
+        self.model = model.to(self.device)
+        self.dense_opt = _dense_optimizer(cfg.dense_optimizer, self.model.parameters())
+
+        if cfg.run.overwrite:
+            self._wipe_run_dir()
+        self.store = SSDStore(cfg.store_dir, {n: s.layout.width for n, s in self.specs.items()})
+        self.host = HostCache(self.store, int(cfg.store.host_cache_bytes))
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, self.run_dir / "config.yaml")
+        self.pass_index = 0
+        self.examples_seen = 0
+        self._closed = False
+        log.info("hier_ps: device %s, %d tables, store %s, host cache %.1f MiB", self.device, len(self.specs),
+                 cfg.store_dir, int(cfg.store.host_cache_bytes) / 2**20)
+
+    # ------------------------------------------------------------------ setup helpers
+    def _ensure_synthetic_data(self) -> None:
+        syn = self.cfg.data.synthetic
+        if syn is None or (Path(syn.dir) / "oracle.json").is_file():
+            return
+        log.info("generating synthetic data (preset %s, seed %d) into %s ...", syn.preset, syn.seed, syn.dir)
+        t0 = time.perf_counter()
+        generate_synthetic(syn.dir, preset=syn.preset, seed=syn.seed, train_rows=syn.train_rows,
+                           eval_rows=syn.eval_rows)
+        log.info("generated synthetic data in %.1f s", time.perf_counter() - t0)
+
+    def _wipe_run_dir(self) -> None:
+        for p in (self.cfg.store_dir, self.run_dir / "metrics.jsonl", self.run_dir / "dense.pt",
+                  self.run_dir / "summary.json"):
+            p = Path(p)
+            if p.is_dir():
+                shutil.rmtree(p)
+            elif p.exists():
+                p.unlink()
+
+    def _oracle_auc(self) -> float | None:
+        candidates = []
+        if self.cfg.data.synthetic is not None:
+            candidates.append(Path(self.cfg.data.synthetic.dir))
+        if self.eval_reader is not None and self.eval_reader.files:
+            first = Path(self.eval_reader.files[0])
+            candidates += [first.parent, first.parent.parent]
+        for c in candidates:
+            f = c / "oracle.json"
+            if f.is_file():
+                return float(json.loads(f.read_text())["oracle_auc"])
+        return None
+
+    @property
+    def pass_rows(self) -> int:
+        """Examples per pass: train.pass_examples rounded up to whole batches, so batches never span passes."""
+        bs = self.cfg.train.batch_size
+        return -(-self.cfg.train.pass_examples // bs) * bs
+
+    # ------------------------------------------------------------------ training
+    def fit(self) -> dict[str, Any]:
+        """Trains for train.epochs (or train.max_passes) and evaluates; returns the run summary.
+
+        Returns:
+            dict with examples, passes, train_loss (mean loss of the last pass), eval_auc, eval_logloss (None without
+            eval data; for several tasks the mean over tasks, per-task values in eval_auc_per_task), examples_per_s,
+            oracle_auc (when the data set provides one), wall_s.
+        """
+        cfg = self.cfg
+        if self.pass_index == 0 and any(self.store.num_rows(t) for t in self.specs):
+            raise HierPSError(f"store {str(cfg.store_dir)!r} already holds a trained model; choose a new run.dir "
+                              "or set run.overwrite=true to start over")
+        total = self.train_reader.num_rows * cfg.train.epochs
+        if cfg.train.max_passes is not None:
+            total = min(total, cfg.train.max_passes * self.pass_rows)
+        bar = tqdm(total=total, unit="ex", unit_scale=True, dynamic_ncols=True, desc="train",
+                   disable=not cfg.train.progress, mininterval=1.0)
+        metrics_f = (self.run_dir / "metrics.jsonl").open("a")
+        t_start = time.perf_counter()
+        trained = 0
+        last: dict[str, Any] = {}
+        evaluated_last = False
+        try:
+            for epoch in range(cfg.train.epochs):
+                chunks = self.train_reader.iter_chunks(self.pass_rows)
+                while cfg.train.max_passes is None or self.pass_index < cfg.train.max_passes:
+                    t0 = time.perf_counter()
+                    chunk = next(chunks, None)
+                    if chunk is None:
+                        break
+                    times = {"read": time.perf_counter() - t0}
+                    last = self._run_pass(chunk, epoch, times, bar)
+                    trained += last["examples"]
+                    every = cfg.eval.every_passes
+                    evaluated_last = bool(self.eval_reader and every and self.pass_index % every == 0)
+                    if evaluated_last:
+                        t0 = time.perf_counter()
+                        last.update(self._eval_record(self.evaluate()))
+                        times["eval"] = time.perf_counter() - t0
+                        self._log_eval(last)
+                    metrics_f.write(json.dumps(last) + "\n")
+                    metrics_f.flush()
+            bar.close()
+            self.host.flush()
+            self.store.commit()
+            self.save_dense(self.run_dir / "dense.pt")
+            wall = time.perf_counter() - t_start
+            summary: dict[str, Any] = {
+                "examples": trained,
+                "passes": self.pass_index,
+                "train_loss": last.get("train_loss"),
+                "examples_per_s": trained / wall if wall > 0 else 0.0,
+                "wall_s": wall,
+                "oracle_auc": self._oracle_auc(),
+                "invalid_examples_skipped": self.train_reader.num_invalid,
+            }
+            if self.eval_reader is not None:
+                ev = self._eval_record(self.evaluate()) if not evaluated_last else last
+                summary.update({k: ev[k] for k in ("eval_auc", "eval_logloss", "eval_auc_per_task",
+                                                   "eval_logloss_per_task", "eval_examples")})
+            else:
+                summary.update(eval_auc=None, eval_logloss=None)
+            (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+            return summary
+        finally:
+            bar.close()
+            metrics_f.close()
+
+    def _run_pass(self, chunk: Any, epoch: int, times: dict[str, float], bar: tqdm) -> dict[str, Any]:
+        cfg = self.cfg
+        t0 = time.perf_counter()
+        if cfg.train.shuffle:
+            rng = np.random.default_rng([cfg.run.seed, epoch, self.pass_index])
+            chunk = chunk.take(rng.permutation(len(chunk)))
+        plan = plan_pass(chunk, self.slot_tables, cfg.train.batch_size, self.pass_index)
+        t1 = time.perf_counter()
+        ssd_before = dict(self.store.stats)
+        fetched = WorkingSet.fetch(self.host, self.specs, plan.keys, cfg.run.seed)
+        t2 = time.perf_counter()
+        rows = {n: r for n, (r, _) in fetched.items()}
+        self._check_hbm_budget(rows)
+        ws = WorkingSet.load(self.specs, plan.keys, rows, self.device)
+        del rows
+        t3 = time.perf_counter()
+        loss_sum = self._train_pass(plan, ws, bar)
+        t4 = time.perf_counter()
+        pushed = ws.push(self.host, plan.counts, self.pass_index)
+        del ws
+        t5 = time.perf_counter()
+        times.update(plan=t1 - t0, pull=t2 - t1, load=t3 - t2, train=t4 - t3, push=t5 - t4)
+        self.pass_index += 1
+        self.examples_seen += len(chunk)
+        ssd = {k: v - ssd_before.get(k, 0) for k, v in self.store.stats.items() if isinstance(v, int | float)}
+        rec = {
+            "pass": self.pass_index - 1,
+            "epoch": epoch,
+            "examples": len(chunk),
+            "train_loss": loss_sum / max(len(chunk), 1),
+            "examples_per_s": len(chunk) / max(sum(times.values()), 1e-9),
+            "working_set_keys": {n: len(k) for n, k in plan.keys.items()},
+            "new_keys": {n: n_new for n, (_, n_new) in fetched.items()},
+            "seconds": times,
+            "bytes_pushed": pushed,
+            "host_cache": self._host_stats(),
+            "ssd": ssd,
+        }
+        log.info("pass %d (epoch %d): %d examples, loss %.5f, %.0f ex/s, working set %d keys (%d new)",
+                 rec["pass"], epoch, rec["examples"], rec["train_loss"], rec["examples_per_s"],
+                 sum(rec["working_set_keys"].values()), sum(rec["new_keys"].values()))
+        return rec
+
+    def _host_stats(self) -> dict[str, Any]:
+        st = self.host.stats
+        return {k: v for k, v in st.items() if isinstance(v, int | float)}
+
+    def _check_hbm_budget(self, rows: dict[str, np.ndarray]) -> None:
+        need = sum((r.shape[1] - 4) * r.shape[0] * 4 for r in rows.values())
+        budget = self.cfg.store.hbm_bytes
+        if budget == "auto":
+            if self.device.type != "cuda":
+                return
+            free, _ = torch.cuda.mem_get_info(self.device)
+            budget = int(free * 0.8)
+        if need > int(budget):
+            raise HierPSError(f"store.hbm_bytes: pass {self.pass_index} needs {need / 2**20:.1f} MiB for its working "
+                              f"set but the budget is {int(budget) / 2**20:.1f} MiB; lower train.pass_examples")
+
+    def _train_pass(self, plan: PassPlan, ws: WorkingSet, bar: tqdm) -> float:
+        self.model.train()
+        loss_sum = 0.0
+        for i in range(plan.num_batches):
+            b = plan.batch(i)
+            loss_sum += self._train_step(b, ws) * len(b)
+            bar.update(len(b))
+        return loss_sum
+
+    def _to_device(self, a: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(a).to(self.device, non_blocking=True)
+
+    def _pooled(self, b: BatchPlan, ws: WorkingSet) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        pooled, offsets = {}, {}
+        for slot, table in self.slot_tables.items():
+            off, idx = b.slots[slot]
+            offsets[slot] = self._to_device(off)
+            pooled[slot] = ws.tables[table].pooled(self._to_device(idx), offsets[slot], self.pooling[slot])
+        return pooled, offsets
+
+    def _logits(self, dense: torch.Tensor, pooled: dict[str, torch.Tensor]) -> torch.Tensor:
+        logits = self.model(dense, pooled)
+        return logits.reshape(len(dense), len(self.tasks))
+
+    def _train_step(self, b: BatchPlan, ws: WorkingSet) -> float:
+        labels, dense = self._to_device(b.labels), self._to_device(b.dense)
+        pooled, offsets = self._pooled(b, ws)
+        for p in pooled.values():
+            p.requires_grad_(True)
+        logits = self._logits(dense, pooled)
+        # Loss: mean over the batch of the sum over tasks (DESIGN.md contract 3).
+        loss = F.binary_cross_entropy_with_logits(logits, labels, reduction="sum") / len(b)
+        self.dense_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.dense_opt.step()
+        occ: dict[str, list[torch.Tensor]] = {}
+        for slot, table in self.slot_tables.items():
+            g = pooled[slot].grad
+            if g is None:
+                g = torch.zeros_like(pooled[slot])
+            occ.setdefault(table, []).append(_occurrence_grads(g, offsets[slot], self.pooling[slot]))
+        for table, (urows, inv) in b.tables.items():
+            parts = occ[table]
+            src = parts[0] if len(parts) == 1 else torch.cat(parts)
+            grad = segment_sum(src, self._to_device(inv), len(urows))
+            ws.tables[table].apply(self._to_device(urows), grad)
+        return float(loss.detach())
+
+    # ------------------------------------------------------------------ eval and inspection
+    def evaluate(self) -> dict[str, Any]:
+        """AUC and logloss per task on data.eval with the current model (rows from whichever tier holds them).
+
+        Returns:
+            {"auc": [per task], "logloss": [per task], "examples": n}.
+        """
+        if self.eval_reader is None:
+            raise ConfigError("data.eval: no eval data configured")
+        self.model.eval()
+        limit = self.cfg.eval.max_examples
+        scores, labels, seen = [], [], 0
+        with torch.no_grad():
+            for chunk in self.eval_reader.iter_chunks(self.pass_rows):
+                if limit is not None and seen >= limit:
+                    break
+                if limit is not None and seen + len(chunk) > limit:
+                    chunk = chunk.slice(0, limit - seen)
+                seen += len(chunk)
+                plan = plan_pass(chunk, self.slot_tables, self.cfg.eval.batch_size, -1, for_training=False)
+                fetched = WorkingSet.fetch(self.host, self.specs, plan.keys, self.cfg.run.seed)
+                ws = WorkingSet.load(self.specs, plan.keys, {n: r for n, (r, _) in fetched.items()}, self.device)
+                for i in range(plan.num_batches):
+                    b = plan.batch(i)
+                    pooled, _ = self._pooled(b, ws)
+                    scores.append(torch.sigmoid(self._logits(self._to_device(b.dense), pooled)).cpu().numpy())
+                    labels.append(b.labels)
+        self.model.train()
+        if not scores:
+            raise HierPSError("data.eval: the eval data holds no examples")
+        s, y = np.concatenate(scores), np.concatenate(labels)
+        return {"auc": [auc(y[:, t], s[:, t]) for t in range(s.shape[1])],
+                "logloss": [logloss(y[:, t], s[:, t]) for t in range(s.shape[1])], "examples": len(s)}
+
+    @staticmethod
+    def _eval_record(ev: dict[str, Any]) -> dict[str, Any]:
+        return {"eval_auc": float(np.mean(ev["auc"])), "eval_logloss": float(np.mean(ev["logloss"])),
+                "eval_auc_per_task": ev["auc"], "eval_logloss_per_task": ev["logloss"], "eval_examples": ev["examples"]}
+
+    def _log_eval(self, rec: dict[str, Any]) -> None:
+        oracle = self._oracle_auc()
+        log.info("pass %d eval: auc %.4f logloss %.4f%s", rec["pass"], rec["eval_auc"], rec["eval_logloss"],
+                 f" (oracle auc {oracle:.4f})" if oracle is not None else "")
+
+    def lookup(self, table: str, keys: np.ndarray) -> np.ndarray:
+        """Current embeddings of `keys` from whichever tier holds them; unseen keys get their initial rows.
+
+        Args:
+            table: table name.
+            keys: uint64[n] (duplicates allowed).
+
+        Returns:
+            float32[n, dim].
+        """
+        if table not in self.specs:
+            raise ConfigError(f"lookup: unknown table {table!r} (tables: {', '.join(self.specs)})")
+        keys = np.asarray(keys).astype(np.uint64, copy=False).reshape(-1)
+        uniq, inv = np.unique(keys, return_inverse=True)
+        rows, _ = WorkingSet.fetch(self.host, {table: self.specs[table]}, {table: uniq}, self.cfg.run.seed)[table]
+        return rows[inv.reshape(-1), : self.specs[table].dim].copy()
+
+    def save_dense(self, path: str | Path) -> None:
+        """Saves dense model and optimizer state (atomically)."""
+        path = Path(path)
+        tmp = path.with_suffix(".tmp")
+        torch.save({"model": self.model.state_dict(), "optimizer": self.dense_opt.state_dict()}, tmp)
+        tmp.replace(path)
+
+    def load_dense(self, path: str | Path) -> None:
+        """Loads what save_dense wrote (``weights_only=True``: no arbitrary pickles)."""
+        path = Path(path)
+        if not path.is_file():
+            raise HierPSError(f"dense weights {str(path)!r} not found (has this run finished training?)")
+        state = torch.load(path, map_location=self.device, weights_only=True)
+        self.model.load_state_dict(state["model"])
+        self.dense_opt.load_state_dict(state["optimizer"])
+
+    def close(self) -> None:
+        """Writes dirty rows down, commits the store and releases its lock."""
+        if self._closed:
+            return
+        self._closed = True
+        self.host.flush()
+        self.store.commit()
+        self.store.close()
+
+    def __enter__(self) -> Trainer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

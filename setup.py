@@ -1,0 +1,19 @@
+"""hier_ps: a GPU-first hierarchical (SSD -> host RAM -> HBM) embedding trainer for ads and recommendation models."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="hier_ps",
+    version="0.1.0",
+    description="GPU-first hierarchical embedding trainer: SSD -> host RAM -> HBM, trained pass by pass",
+    packages=find_packages(include=["hier_ps", "hier_ps.*"]),
+    package_data={"hier_ps": ["configs/*.yaml"]},
+    python_requires=">=3.10",
+    install_requires=["torch>=2.4", "numpy>=1.24", "pyarrow>=14", "pyyaml>=6", "tqdm>=4.60"],
+    extras_require={
+        "cuda": ["cupy-cuda12x>=13"],
+        "bench": ["torchrec==1.8.0", "fbgemm-gpu-cpu==1.8.0"],
+        "dev": ["pytest>=8", "hypothesis>=6", "ruff>=0.5"],
+    },
+    entry_points={"console_scripts": ["hier-ps=hier_ps.cli:main"]},
+)
