@@ -8,7 +8,7 @@ setup(
     description="GPU-first hierarchical embedding trainer: SSD -> host RAM -> HBM, trained pass by pass",
     packages=find_packages(include=["hier_ps", "hier_ps.*"]),
     package_data={"hier_ps": ["configs/*.yaml"]},
-    python_requires=">=3.10",
+    python_requires=">=3.11",
     install_requires=["torch>=2.4", "numpy>=1.24", "pyarrow>=14", "pyyaml>=6", "tqdm>=4.60"],
     extras_require={
         "cuda": ["cupy-cuda12x>=13"],

@@ -22,7 +22,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -34,15 +33,17 @@ from hier_ps.plan import plan_pass
 
 def _config(data: Path, run: Path, rows: int, batch: int, dim: int, info: dict) -> hp.Config:
     slots = [{"name": c, "pooling": "mean" if k == "multi" else "sum"} for c, k in info["sparse"].items()]
-    return hp.load_config({
-        "run": {"dir": str(run), "seed": 0},
-        "data": {"train": str(data / "train"), "dense": info["dense"], "sparse": slots},
-        "tables": [{"name": s["name"], "dim": dim} for s in slots],
-        "sparse_optimizer": {"name": "rowwise_adagrad", "lr": 0.05},
-        "model": {"name": "dlrm", "args": {"bottom": [64, dim], "top": [128, 64]}},
-        "store": {"host_cache_bytes": "8GiB"},
-        "train": {"device": "cpu", "batch_size": batch, "pass_examples": rows, "max_passes": 1, "progress": False},
-    })
+    return hp.load_config(
+        {
+            "run": {"dir": str(run), "seed": 0},
+            "data": {"train": str(data / "train"), "dense": info["dense"], "sparse": slots},
+            "tables": [{"name": s["name"], "dim": dim} for s in slots],
+            "sparse_optimizer": {"name": "rowwise_adagrad", "lr": 0.05},
+            "model": {"name": "dlrm", "args": {"bottom": [64, dim], "top": [128, 64]}},
+            "store": {"host_cache_bytes": "8GiB"},
+            "train": {"device": "cpu", "batch_size": batch, "pass_examples": rows, "max_passes": 1, "progress": False},
+        }
+    )
 
 
 def run_hier_ps(cfg: hp.Config) -> dict:
@@ -53,17 +54,18 @@ def run_hier_ps(cfg: hp.Config) -> dict:
 
 
 def run_pytorch(cfg: hp.Config, rows: int) -> dict:
-    reader = ParquetReader(cfg.data.train, label=cfg.data.labels, dense=cfg.data.dense,
-                           slots={s.name: s.column for s in cfg.data.sparse})
+    reader = ParquetReader(
+        cfg.data.train, label=cfg.data.labels, dense=cfg.data.dense, slots={s.name: s.column for s in cfg.data.sparse}
+    )
     chunk = next(reader.iter_chunks(rows))
     slot_tables = {s.name: s.table for s in cfg.data.sparse}
     plan = plan_pass(chunk, slot_tables, cfg.train.batch_size, 0, for_training=False)
     torch.manual_seed(cfg.run.seed)
     dims = {s.name: cfg.table(s.table).dim for s in cfg.data.sparse}
     model = build_model(cfg.model.name, dense_dim=len(cfg.data.dense), slot_dims=dims, args=cfg.model.args)
-    bags = torch.nn.ModuleDict({
-        t: torch.nn.EmbeddingBag(len(plan.keys[t]), cfg.table(t).dim, mode="sum", sparse=True) for t in plan.keys
-    })
+    bags = torch.nn.ModuleDict(
+        {t: torch.nn.EmbeddingBag(len(plan.keys[t]), cfg.table(t).dim, mode="sum", sparse=True) for t in plan.keys}
+    )
     dense_opt = torch.optim.Adam(model.parameters(), lr=cfg.dense_optimizer.lr)
     sparse_opt = torch.optim.Adagrad(bags.parameters(), lr=cfg.sparse_optimizer.lr)
     pooling = {s.name: s.pooling.value for s in cfg.data.sparse}
@@ -73,8 +75,14 @@ def run_pytorch(cfg: hp.Config, rows: int) -> dict:
         sparse = {}
         for slot, (off, idx) in b.slots.items():
             bag = bags[slot_tables[slot]]
-            sparse[slot] = F.embedding_bag(torch.from_numpy(idx), bag.weight, torch.from_numpy(off),
-                                           mode=pooling[slot], sparse=True, include_last_offset=True)
+            sparse[slot] = F.embedding_bag(
+                torch.from_numpy(idx),
+                bag.weight,
+                torch.from_numpy(off),
+                mode=pooling[slot],
+                sparse=True,
+                include_last_offset=True,
+            )
         logits = model(torch.from_numpy(b.dense), sparse).reshape(len(b), -1)
         loss = F.binary_cross_entropy_with_logits(logits, torch.from_numpy(b.labels))
         dense_opt.zero_grad(set_to_none=True)
@@ -100,8 +108,10 @@ def main() -> None:
         base = run_pytorch(cfg, args.rows)
     res = {
         "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch "
-                   f"{torch.__version__}",
-        "rows": args.rows, "batch": args.batch, "dim": args.dim,
+        f"{torch.__version__}",
+        "rows": args.rows,
+        "batch": args.batch,
+        "dim": args.dim,
         "hier_ps_train_ex_s": ours["examples"] / ours["train_s"],
         "hier_ps_pass_ex_s": ours["examples"] / ours["pass_s"],
         "pytorch_train_ex_s": base["examples"] / base["train_s"],

@@ -95,10 +95,13 @@ def _eval(args: argparse.Namespace) -> int:
 def _gen_data(args: argparse.Namespace) -> int:
     from hier_ps.data import generate_synthetic
 
-    info = generate_synthetic(args.out_dir, preset=args.preset, seed=args.seed, train_rows=args.train_rows,
-                              eval_rows=args.eval_rows)
-    print(f"wrote {info['train_rows']:,} train + {info['eval_rows']:,} eval rows to {args.out_dir} "
-          f"(oracle AUC {info['oracle_auc']:.4f})")
+    info = generate_synthetic(
+        args.out_dir, preset=args.preset, seed=args.seed, train_rows=args.train_rows, eval_rows=args.eval_rows
+    )
+    print(
+        f"wrote {info['train_rows']:,} train + {info['eval_rows']:,} eval rows to {args.out_dir} "
+        f"(oracle AUC {info['oracle_auc']:.4f})"
+    )
     return 0
 
 
@@ -114,8 +117,12 @@ def main(argv: list[str] | None = None) -> int:
     """Runs the CLI; returns the exit code (0 ok, 2 user error, 130 interrupted)."""
     args = _parser().parse_args(argv)
     if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
-                            format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr)
+        logging.basicConfig(
+            level=logging.WARNING if args.quiet else logging.INFO,
+            format="%(asctime)s %(levelname)s %(message)s",
+            datefmt="%H:%M:%S",
+            stream=sys.stderr,
+        )
     commands = {"train": _train, "eval": _eval, "gen-data": _gen_data, "convert": _convert}
     try:
         return commands[args.command](args)

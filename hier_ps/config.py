@@ -13,6 +13,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import enum
@@ -48,14 +49,14 @@ __all__ = [
 ]
 
 
-class Pooling(str, enum.Enum):
+class Pooling(enum.StrEnum):
     """How the keys of one slot are combined into one vector per example."""
 
     SUM = "sum"  #: sum of the rows of the bag; an empty bag gives zeros
     MEAN = "mean"  #: mean of the rows of the bag; an empty bag gives zeros
 
 
-class InitName(str, enum.Enum):
+class InitName(enum.StrEnum):
     """Initializer of a new row's embedding (a pure function of seed, table name and key)."""
 
     UNIFORM = "uniform"  #: uniform in [-scale, scale]
@@ -64,7 +65,7 @@ class InitName(str, enum.Enum):
     CONSTANT = "constant"  #: every element equals `value`
 
 
-class SparseOptimizerName(str, enum.Enum):
+class SparseOptimizerName(enum.StrEnum):
     """Sparse (row) optimizers; exact formulas in DESIGN.md, contract 3."""
 
     SGD = "sgd"  #: w -= lr*g
@@ -74,7 +75,7 @@ class SparseOptimizerName(str, enum.Enum):
     FTRL = "ftrl"  #: FTRL-Proximal per element (alpha, beta, l1, l2)
 
 
-class DenseOptimizerName(str, enum.Enum):
+class DenseOptimizerName(enum.StrEnum):
     """torch.optim optimizers for the dense (model) parameters."""
 
     ADAM = "adam"  #: torch.optim.Adam
@@ -83,22 +84,32 @@ class DenseOptimizerName(str, enum.Enum):
     ADAGRAD = "adagrad"  #: torch.optim.Adagrad
 
 
-class OnInvalid(str, enum.Enum):
+class OnInvalid(enum.StrEnum):
     """What to do with NaN/inf in labels or dense features."""
 
     ERROR = "error"  #: stop with an error naming the file, column and row
     SKIP = "skip"  #: drop the example and count it
 
 
-class DenseTransform(str, enum.Enum):
+class DenseTransform(enum.StrEnum):
     """Transform applied to dense features as they are read."""
 
     NONE = "none"  #: as stored
     LOG1P = "log1p"  #: sign(x)*log1p(|x|), for count features such as Criteo's
 
 
-_SIZE_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12, "kib": 2**10, "mib": 2**20,
-               "gib": 2**30, "tib": 2**40}
+_SIZE_UNITS = {
+    "": 1,
+    "b": 1,
+    "kb": 10**3,
+    "mb": 10**6,
+    "gb": 10**9,
+    "tb": 10**12,
+    "kib": 2**10,
+    "mib": 2**20,
+    "gib": 2**30,
+    "tib": 2**40,
+}
 
 
 def parse_bytes(value: int | str, name: str) -> int:
@@ -401,8 +412,9 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
             return tp(value)
         except ValueError:
             valid = [m.value for m in tp]
-            raise ConfigError(f"{path}: unknown value {value!r}{_suggest(str(value), valid)} "
-                              f"(valid: {', '.join(valid)})") from None
+            raise ConfigError(
+                f"{path}: unknown value {value!r}{_suggest(str(value), valid)} (valid: {', '.join(valid)})"
+            ) from None
     if tp is bool:
         if not isinstance(value, bool):
             raise ConfigError(f"{path}: expected true or false, got {value!r}")
@@ -413,10 +425,8 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
         return value
     if tp is float:
         if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
-            try:
+            with contextlib.suppress(ValueError):
                 value = float(value)
-            except ValueError:
-                pass
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(f"{path}: expected a number, got {value!r}")
         return float(value)
@@ -442,8 +452,11 @@ def _build(cls: type, raw: dict, path: str) -> Any:
             where = f"{path}.{key}" if path else str(key)
             raise ConfigError(f"{where}: unknown key{_suggest(str(key), fields)} (valid: {', '.join(fields)})")
         kwargs[key] = _convert(value, hints[key], f"{path}.{key}" if path else key)
-    missing = [n for n, f in fields.items() if n not in kwargs and f.default is dataclasses.MISSING
-               and f.default_factory is dataclasses.MISSING]
+    missing = [
+        n
+        for n, f in fields.items()
+        if n not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
     if missing:
         raise ConfigError(f"{path + '.' if path else ''}{missing[0]}: required")
     try:

@@ -93,8 +93,13 @@ class Trainer:
         self.tasks = cfg.data.labels
 
         self._ensure_synthetic_data()
-        common = dict(label=self.tasks, dense=cfg.data.dense, slots={s.name: s.column for s in cfg.data.sparse},
-                      on_invalid=cfg.data.on_invalid.value, dense_transform=cfg.data.dense_transform.value)
+        common = dict(
+            label=self.tasks,
+            dense=cfg.data.dense,
+            slots={s.name: s.column for s in cfg.data.sparse},
+            on_invalid=cfg.data.on_invalid.value,
+            dense_transform=cfg.data.dense_transform.value,
+        )
         self.train_reader = ParquetReader(cfg.data.train, **common)
         self.eval_reader = ParquetReader(cfg.data.eval, **common) if cfg.data.eval else None
 
@@ -102,8 +107,13 @@ class Trainer:
         torch.manual_seed(cfg.run.seed)
         if model is None:
             dims = {s.name: cfg.table(s.table).dim for s in cfg.data.sparse}
-            model = build_model(cfg.model.name, dense_dim=len(cfg.data.dense), slot_dims=dims,
-                                num_tasks=len(self.tasks), args=cfg.model.args)
+            model = build_model(
+                cfg.model.name,
+                dense_dim=len(cfg.data.dense),
+                slot_dims=dims,
+                num_tasks=len(self.tasks),
+                args=cfg.model.args,
+            )
         self.model = model.to(self.device)
         self.dense_opt = _dense_optimizer(cfg.dense_optimizer, self.model.parameters())
 
@@ -116,8 +126,13 @@ class Trainer:
         self.pass_index = 0
         self.examples_seen = 0
         self._closed = False
-        log.info("hier_ps: device %s, %d tables, store %s, host cache %.1f MiB", self.device, len(self.specs),
-                 cfg.store_dir, int(cfg.store.host_cache_bytes) / 2**20)
+        log.info(
+            "hier_ps: device %s, %d tables, store %s, host cache %.1f MiB",
+            self.device,
+            len(self.specs),
+            cfg.store_dir,
+            int(cfg.store.host_cache_bytes) / 2**20,
+        )
 
     # ------------------------------------------------------------------ setup helpers
     def _ensure_synthetic_data(self) -> None:
@@ -126,13 +141,18 @@ class Trainer:
             return
         log.info("generating synthetic data (preset %s, seed %d) into %s ...", syn.preset, syn.seed, syn.dir)
         t0 = time.perf_counter()
-        generate_synthetic(syn.dir, preset=syn.preset, seed=syn.seed, train_rows=syn.train_rows,
-                           eval_rows=syn.eval_rows)
+        generate_synthetic(
+            syn.dir, preset=syn.preset, seed=syn.seed, train_rows=syn.train_rows, eval_rows=syn.eval_rows
+        )
         log.info("generated synthetic data in %.1f s", time.perf_counter() - t0)
 
     def _wipe_run_dir(self) -> None:
-        for p in (self.cfg.store_dir, self.run_dir / "metrics.jsonl", self.run_dir / "dense.pt",
-                  self.run_dir / "summary.json"):
+        for p in (
+            self.cfg.store_dir,
+            self.run_dir / "metrics.jsonl",
+            self.run_dir / "dense.pt",
+            self.run_dir / "summary.json",
+        ):
             p = Path(p)
             if p.is_dir():
                 shutil.rmtree(p)
@@ -169,13 +189,22 @@ class Trainer:
         """
         cfg = self.cfg
         if self.pass_index == 0 and any(self.store.num_rows(t) for t in self.specs):
-            raise HierPSError(f"store {str(cfg.store_dir)!r} already holds a trained model; choose a new run.dir "
-                              "or set run.overwrite=true to start over")
+            raise HierPSError(
+                f"store {str(cfg.store_dir)!r} already holds a trained model; choose a new run.dir "
+                "or set run.overwrite=true to start over"
+            )
         total = self.train_reader.num_rows * cfg.train.epochs
         if cfg.train.max_passes is not None:
             total = min(total, cfg.train.max_passes * self.pass_rows)
-        bar = tqdm(total=total, unit="ex", unit_scale=True, dynamic_ncols=True, desc="train",
-                   disable=not cfg.train.progress, mininterval=1.0)
+        bar = tqdm(
+            total=total,
+            unit="ex",
+            unit_scale=True,
+            dynamic_ncols=True,
+            desc="train",
+            disable=not cfg.train.progress,
+            mininterval=1.0,
+        )
         metrics_f = (self.run_dir / "metrics.jsonl").open("a")
         t_start = time.perf_counter()
         trained = 0
@@ -217,8 +246,18 @@ class Trainer:
             }
             if self.eval_reader is not None:
                 ev = self._eval_record(self.evaluate()) if not evaluated_last else last
-                summary.update({k: ev[k] for k in ("eval_auc", "eval_logloss", "eval_auc_per_task",
-                                                   "eval_logloss_per_task", "eval_examples")})
+                summary.update(
+                    {
+                        k: ev[k]
+                        for k in (
+                            "eval_auc",
+                            "eval_logloss",
+                            "eval_auc_per_task",
+                            "eval_logloss_per_task",
+                            "eval_examples",
+                        )
+                    }
+                )
             else:
                 summary.update(eval_auc=None, eval_logloss=None)
             (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -265,9 +304,16 @@ class Trainer:
             "host_cache": self._host_stats(),
             "ssd": ssd,
         }
-        log.info("pass %d (epoch %d): %d examples, loss %.5f, %.0f ex/s, working set %d keys (%d new)",
-                 rec["pass"], epoch, rec["examples"], rec["train_loss"], rec["examples_per_s"],
-                 sum(rec["working_set_keys"].values()), sum(rec["new_keys"].values()))
+        log.info(
+            "pass %d (epoch %d): %d examples, loss %.5f, %.0f ex/s, working set %d keys (%d new)",
+            rec["pass"],
+            epoch,
+            rec["examples"],
+            rec["train_loss"],
+            rec["examples_per_s"],
+            sum(rec["working_set_keys"].values()),
+            sum(rec["new_keys"].values()),
+        )
         return rec
 
     def _host_stats(self) -> dict[str, Any]:
@@ -283,8 +329,10 @@ class Trainer:
             free, _ = torch.cuda.mem_get_info(self.device)
             budget = int(free * 0.8)
         if need > int(budget):
-            raise HierPSError(f"store.hbm_bytes: pass {self.pass_index} needs {need / 2**20:.1f} MiB for its working "
-                              f"set but the budget is {int(budget) / 2**20:.1f} MiB; lower train.pass_examples")
+            raise HierPSError(
+                f"store.hbm_bytes: pass {self.pass_index} needs {need / 2**20:.1f} MiB for its working "
+                f"set but the budget is {int(budget) / 2**20:.1f} MiB; lower train.pass_examples"
+            )
 
     def _train_pass(self, plan: PassPlan, ws: WorkingSet, bar: tqdm) -> float:
         self.model.train()
@@ -365,18 +413,31 @@ class Trainer:
         if not scores:
             raise HierPSError("data.eval: the eval data holds no examples")
         s, y = np.concatenate(scores), np.concatenate(labels)
-        return {"auc": [auc(y[:, t], s[:, t]) for t in range(s.shape[1])],
-                "logloss": [logloss(y[:, t], s[:, t]) for t in range(s.shape[1])], "examples": len(s)}
+        return {
+            "auc": [auc(y[:, t], s[:, t]) for t in range(s.shape[1])],
+            "logloss": [logloss(y[:, t], s[:, t]) for t in range(s.shape[1])],
+            "examples": len(s),
+        }
 
     @staticmethod
     def _eval_record(ev: dict[str, Any]) -> dict[str, Any]:
-        return {"eval_auc": float(np.mean(ev["auc"])), "eval_logloss": float(np.mean(ev["logloss"])),
-                "eval_auc_per_task": ev["auc"], "eval_logloss_per_task": ev["logloss"], "eval_examples": ev["examples"]}
+        return {
+            "eval_auc": float(np.mean(ev["auc"])),
+            "eval_logloss": float(np.mean(ev["logloss"])),
+            "eval_auc_per_task": ev["auc"],
+            "eval_logloss_per_task": ev["logloss"],
+            "eval_examples": ev["examples"],
+        }
 
     def _log_eval(self, rec: dict[str, Any]) -> None:
         oracle = self._oracle_auc()
-        log.info("pass %d eval: auc %.4f logloss %.4f%s", rec["pass"], rec["eval_auc"], rec["eval_logloss"],
-                 f" (oracle auc {oracle:.4f})" if oracle is not None else "")
+        log.info(
+            "pass %d eval: auc %.4f logloss %.4f%s",
+            rec["pass"],
+            rec["eval_auc"],
+            rec["eval_logloss"],
+            f" (oracle auc {oracle:.4f})" if oracle is not None else "",
+        )
 
     def lookup(self, table: str, keys: np.ndarray) -> np.ndarray:
         """Current embeddings of `keys` from whichever tier holds them; unseen keys get their initial rows.

@@ -16,8 +16,12 @@ def _config_file(tiny_data: dict, tmp_path: Path) -> Path:
     slots = [{"name": c, "pooling": "mean" if k == "multi" else "sum"} for c, k in info["sparse"].items()]
     cfg = {
         "run": {"dir": str(tmp_path / "run")},
-        "data": {"train": str(d / "train" / "*.parquet"), "eval": str(d / "eval"), "dense": info["dense"],
-                 "sparse": slots},
+        "data": {
+            "train": str(d / "train" / "*.parquet"),
+            "eval": str(d / "eval"),
+            "dense": info["dense"],
+            "sparse": slots,
+        },
         "tables": [{"name": s["name"], "dim": 4} for s in slots],
         "model": {"name": "wide_deep", "args": {"hidden": [8]}},
         "store": {"host_cache_bytes": "64KiB"},
@@ -49,8 +53,9 @@ def test_train_then_eval(tiny_data: dict, tmp_path: Path, capsys: pytest.Capture
         (["eval", "{tmp}/never_ran"], "not found"),
     ],
 )
-def test_user_errors_are_one_line_exit_2(tiny_data: dict, tmp_path: Path, capsys: pytest.CaptureFixture,
-                                         argv: list[str], needle: str) -> None:
+def test_user_errors_are_one_line_exit_2(
+    tiny_data: dict, tmp_path: Path, capsys: pytest.CaptureFixture, argv: list[str], needle: str
+) -> None:
     f = _config_file(tiny_data, tmp_path)
     argv = [a.replace("{cfg}", str(f)).replace("{tmp}", str(tmp_path)) for a in argv]
     assert main(["-q", *argv]) == 2
@@ -60,7 +65,9 @@ def test_user_errors_are_one_line_exit_2(tiny_data: dict, tmp_path: Path, capsys
 
 
 def test_gen_data_tiny(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    assert main(["gen-data", str(tmp_path / "d"), "--preset", "tiny", "--train-rows", "2000", "--eval-rows", "500"]) == 0
+    assert (
+        main(["gen-data", str(tmp_path / "d"), "--preset", "tiny", "--train-rows", "2000", "--eval-rows", "500"]) == 0
+    )
     assert "oracle AUC" in capsys.readouterr().out
     info = json.loads((tmp_path / "d" / "oracle.json").read_text())
     assert info["train_rows"] == 2000 and info["eval_rows"] == 500

@@ -26,8 +26,16 @@ def test_defaults_and_slot_defaults() -> None:
 def test_overrides_beat_file(tmp_path: Path) -> None:
     f = tmp_path / "c.yaml"
     f.write_text(yaml.safe_dump({**BASE, "train": {"batch_size": 128}}))
-    cfg = hp.load_config(f, overrides=["train.batch_size=64", "tables.C1.dim=4", "tables.0.init.scale=0.1",
-                                       "sparse_optimizer.lr=1e-3", "data.dense=[a, b]"])
+    cfg = hp.load_config(
+        f,
+        overrides=[
+            "train.batch_size=64",
+            "tables.C1.dim=4",
+            "tables.0.init.scale=0.1",
+            "sparse_optimizer.lr=1e-3",
+            "data.dense=[a, b]",
+        ],
+    )
     assert cfg.train.batch_size == 64
     assert cfg.tables[0].dim == 4 and cfg.tables[0].init.scale == 0.1
     assert cfg.sparse_optimizer.lr == 1e-3

@@ -22,8 +22,13 @@ def tiny_config(tiny_data: dict, run_dir: Path, **over: object) -> dict:
     slots = [{"name": c, "pooling": "mean" if kind == "multi" else "sum"} for c, kind in info["sparse"].items()]
     cfg = {
         "run": {"dir": str(run_dir), "seed": 1},
-        "data": {"train": str(d / "train"), "eval": str(d / "eval"), "label": "label", "dense": info["dense"],
-                 "sparse": slots},
+        "data": {
+            "train": str(d / "train"),
+            "eval": str(d / "eval"),
+            "label": "label",
+            "dense": info["dense"],
+            "sparse": slots,
+        },
         "tables": [{"name": s["name"], "dim": 4} for s in slots],
         "sparse_optimizer": {"name": "rowwise_adagrad", "lr": 0.05},
         "model": {"name": "dlrm", "args": {"bottom": [8, 4], "top": [8]}},
@@ -51,9 +56,11 @@ def test_lossless_tiering(tiny_data: dict, tmp_path: Path, opt: str) -> None:
     """Tiny host cache + many small passes (SSD round trips) == everything in memory in one pass."""
     results = []
     for name, cache, pass_examples in [("mem", "256MiB", 1_000_000), ("tiers", "2KiB", 1024)]:
-        cfg = tiny_config(tiny_data, tmp_path / name, **{"sparse_optimizer.name": opt,
-                                                          "store.host_cache_bytes": cache,
-                                                          "train.pass_examples": pass_examples})
+        cfg = tiny_config(
+            tiny_data,
+            tmp_path / name,
+            **{"sparse_optimizer.name": opt, "store.host_cache_bytes": cache, "train.pass_examples": pass_examples},
+        )
         with hp.Trainer(cfg) as tr:
             s = tr.fit()
             results.append((s, all_rows(tr), dense_state(tr)))
@@ -71,20 +78,31 @@ def test_lossless_tiering(tiny_data: dict, tmp_path: Path, opt: str) -> None:
 def test_repeat_runs_are_bit_identical(tiny_data: dict, tmp_path: Path) -> None:
     outs = []
     for i in range(2):
-        cfg = tiny_config(tiny_data, tmp_path / f"r{i}", **{"sparse_optimizer.name": "adam",
-                                                            "train.pass_examples": 4096, "train.shuffle": True,
-                                                            "store.host_cache_bytes": "16KiB"})
+        cfg = tiny_config(
+            tiny_data,
+            tmp_path / f"r{i}",
+            **{
+                "sparse_optimizer.name": "adam",
+                "train.pass_examples": 4096,
+                "train.shuffle": True,
+                "store.host_cache_bytes": "16KiB",
+            },
+        )
         with hp.Trainer(cfg) as tr:
             tr.fit()
             rows = all_rows(tr)
-            outs.append(({t: r.tobytes() for t, (_, r) in rows.items()},
-                         {k: v.tobytes() for k, v in dense_state(tr).items()}))
+            outs.append(
+                ({t: r.tobytes() for t, (_, r) in rows.items()}, {k: v.tobytes() for k, v in dense_state(tr).items()})
+            )
     assert outs[0] == outs[1]
 
 
 def test_end_to_end_learns_and_reports(tiny_data: dict, tmp_path: Path) -> None:
-    cfg = tiny_config(tiny_data, tmp_path / "run", **{"train.pass_examples": 8192, "eval.every_passes": 1,
-                                                     "store.host_cache_bytes": "32KiB", "train.epochs": 2})
+    cfg = tiny_config(
+        tiny_data,
+        tmp_path / "run",
+        **{"train.pass_examples": 8192, "eval.every_passes": 1, "store.host_cache_bytes": "32KiB", "train.epochs": 2},
+    )
     with hp.Trainer(cfg) as tr:
         s = tr.fit()
         unseen = np.array([2**64 - 1, 12345678901234], np.uint64)
@@ -131,9 +149,17 @@ def _write_small(path: Path) -> dict:
     dense = [0.5, -1.0, 2.0, 0.0, 1.0, -0.5, 0.25, 1.5]
     labels = [1, 0, 1, 0, 0, 1, 1, 0]
     path.mkdir()
-    pq.write_table(pa.table({"y": pa.array(labels, pa.float32()), "x": pa.array(dense, pa.float32()),
-                             "a": pa.array([v[0] for v in a], pa.int64()), "b": pa.array(b, pa.list_(pa.int64()))}),
-                   path / "part-0.parquet")
+    pq.write_table(
+        pa.table(
+            {
+                "y": pa.array(labels, pa.float32()),
+                "x": pa.array(dense, pa.float32()),
+                "a": pa.array([v[0] for v in a], pa.int64()),
+                "b": pa.array(b, pa.list_(pa.int64())),
+            }
+        ),
+        path / "part-0.parquet",
+    )
     return {"a": a, "b": b, "dense": np.array(dense), "labels": np.array(labels, float)}
 
 
@@ -142,22 +168,30 @@ def test_updates_match_hand_computation(tmp_path: Path, opt: str) -> None:
     """Sum of occurrence gradients across slots sharing a table, mean pooling, one update per row per batch."""
     d = _write_small(tmp_path / "data")
     dim, lr, lr_dense, bs = 3, 0.1, 0.05, 4
-    cfg = hp.load_config({
-        "run": {"dir": str(tmp_path / "run"), "seed": 7},
-        "data": {"train": str(tmp_path / "data"), "label": "y", "dense": ["x"],
-                 "sparse": [{"name": "a", "table": "T"}, {"name": "b", "table": "T", "pooling": "mean"}]},
-        "tables": [{"name": "T", "dim": dim, "init": {"name": "uniform", "scale": 0.5}}],
-        "sparse_optimizer": {"name": opt, "lr": lr, "beta1": 0.9, "beta2": 0.99, "eps": 1e-8},
-        "dense_optimizer": {"name": "sgd", "lr": lr_dense},
-        "store": {"host_cache_bytes": 0},
-        "train": {"device": "cpu", "batch_size": bs, "pass_examples": 4, "progress": False},
-    })
+    cfg = hp.load_config(
+        {
+            "run": {"dir": str(tmp_path / "run"), "seed": 7},
+            "data": {
+                "train": str(tmp_path / "data"),
+                "label": "y",
+                "dense": ["x"],
+                "sparse": [{"name": "a", "table": "T"}, {"name": "b", "table": "T", "pooling": "mean"}],
+            },
+            "tables": [{"name": "T", "dim": dim, "init": {"name": "uniform", "scale": 0.5}}],
+            "sparse_optimizer": {"name": opt, "lr": lr, "beta1": 0.9, "beta2": 0.99, "eps": 1e-8},
+            "dense_optimizer": {"name": "sgd", "lr": lr_dense},
+            "store": {"host_cache_bytes": 0},
+            "train": {"device": "cpu", "batch_size": bs, "pass_examples": 4, "progress": False},
+        }
+    )
     model = TinyLinear({"a": dim, "b": dim}, 1)
     u = {s: p.detach().numpy().astype(np.float64).copy() for s, p in model.u.items()}
     v, b0 = model.v.detach().numpy().astype(np.float64).copy(), float(model.b.detach())
     keys = np.arange(1, 7, dtype=np.uint64)
-    w = {int(k): r.astype(np.float64) for k, r in zip(keys, init_embeddings(7, "T", keys, dim, cfg.tables[0].init),
-                                                     strict=True)}
+    w = {
+        int(k): r.astype(np.float64)
+        for k, r in zip(keys, init_embeddings(7, "T", keys, dim, cfg.tables[0].init), strict=True)
+    }
     m = {k: np.zeros(dim) for k in w}
     vv = {k: np.zeros(dim) for k in w}
     t = dict.fromkeys(w, 0)
@@ -174,8 +208,10 @@ def test_updates_match_hand_computation(tmp_path: Path, opt: str) -> None:
             for k in d["b"][i]:
                 g[k] = g.get(k, 0) + r[i] * u["b"] / len(d["b"][i])
         # dense SGD step (uses the pre-update embeddings)
-        u = {"a": u["a"] - lr_dense * sum(r[i] * pa_[i] for i in rows),
-             "b": u["b"] - lr_dense * sum(r[i] * pb_[i] for i in rows)}
+        u = {
+            "a": u["a"] - lr_dense * sum(r[i] * pa_[i] for i in rows),
+            "b": u["b"] - lr_dense * sum(r[i] * pb_[i] for i in rows),
+        }
         v = v - lr_dense * sum(r[i] * d["dense"][i] for i in rows)
         b0 = b0 - lr_dense * sum(r.values())
         for k, gk in g.items():
@@ -192,7 +228,7 @@ def test_updates_match_hand_computation(tmp_path: Path, opt: str) -> None:
     assert s["passes"] == 2
     np.testing.assert_allclose(got, np.stack([w[int(k)] for k in keys]), rtol=0, atol=2e-6)
     np.testing.assert_allclose(model.u["a"].detach().numpy(), u["a"], atol=2e-6)
-    np.testing.assert_allclose(float(model.b), b0, atol=2e-6)
+    np.testing.assert_allclose(float(model.b.detach()), b0, atol=2e-6)
 
 
 def test_store_in_use_and_existing_model_are_refused(tiny_data: dict, tmp_path: Path) -> None:

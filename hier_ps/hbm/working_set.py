@@ -128,8 +128,13 @@ class WorkingSet:
         return out
 
     @classmethod
-    def load(cls, specs: dict[str, TableSpec], keys: dict[str, np.ndarray], rows: dict[str, np.ndarray],
-             device: str | torch.device) -> WorkingSet:
+    def load(
+        cls,
+        specs: dict[str, TableSpec],
+        keys: dict[str, np.ndarray],
+        rows: dict[str, np.ndarray],
+        device: str | torch.device,
+    ) -> WorkingSet:
         """Load stage: packed host rows onto the device."""
         return cls({n: WorkingSetTable.from_rows(specs[n], keys[n], rows[n], device) for n in keys})
 

@@ -57,8 +57,14 @@ class HostCache:
         per_table_rows = capacity_bytes // max(sum(4 * w for w in widths.values()), 1)
         self.t = {name: _Slots(per_table_rows, w) for name, w in widths.items()}
         self.clock = 0
-        self.stats: dict[str, float] = {"hits": 0, "misses": 0, "evictions": 0, "rows_written_back": 0,
-                                        "hit_rate": 0.0, "resident_rows": 0}
+        self.stats: dict[str, float] = {
+            "hits": 0,
+            "misses": 0,
+            "evictions": 0,
+            "rows_written_back": 0,
+            "hit_rate": 0.0,
+            "resident_rows": 0,
+        }
 
     def widths(self) -> dict[str, int]:
         return {n: s.width for n, s in self.t.items()}

@@ -33,8 +33,10 @@ def _resolve(name: str) -> type:
             return BUILTIN_MODELS[name]
         close = difflib.get_close_matches(name, list(BUILTIN_MODELS), n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise ConfigError(f"model.name: unknown model {name!r}{hint} built-ins are: {', '.join(BUILTIN_MODELS)}; "
-                          "or give 'package.module:Class'")
+        raise ConfigError(
+            f"model.name: unknown model {name!r}{hint} built-ins are: {', '.join(BUILTIN_MODELS)}; "
+            "or give 'package.module:Class'"
+        )
     mod_name, _, attr = name.partition(":")
     try:
         mod = importlib.import_module(mod_name)
@@ -46,8 +48,9 @@ def _resolve(name: str) -> type:
     return cls
 
 
-def build_model(name: str, *, dense_dim: int, slot_dims: dict[str, int], num_tasks: int = 1,
-                args: dict | None = None) -> nn.Module:
+def build_model(
+    name: str, *, dense_dim: int, slot_dims: dict[str, int], num_tasks: int = 1, args: dict | None = None
+) -> nn.Module:
     """Builds a model by built-in name or ``package.module:Class``.
 
     Args:
@@ -69,8 +72,10 @@ def build_model(name: str, *, dense_dim: int, slot_dims: dict[str, int], num_tas
             if key not in allowed:
                 close = difflib.get_close_matches(key, allowed, n=1)
                 hint = f"; did you mean {close[0]!r}?" if close else ""
-                raise ConfigError(f"model.args.{key}: not an argument of model {name!r}{hint} "
-                                  f"(arguments: {', '.join(allowed) or 'none'})")
+                raise ConfigError(
+                    f"model.args.{key}: not an argument of model {name!r}{hint} "
+                    f"(arguments: {', '.join(allowed) or 'none'})"
+                )
     try:
         model = cls(dense_dim=dense_dim, slot_dims=dict(slot_dims), num_tasks=num_tasks, **args)
     except TypeError as e:

@@ -19,7 +19,7 @@ from torch import nn
 
 from hier_ps.errors import ConfigError
 
-__all__ = ["DCNv2", "DLRM", "FM", "LR", "DeepFM", "WideDeep", "mlp"]
+__all__ = ["DLRM", "FM", "LR", "DCNv2", "DeepFM", "WideDeep", "mlp"]
 
 
 def mlp(sizes: list[int], in_dim: int) -> nn.Sequential:
@@ -32,8 +32,9 @@ def mlp(sizes: list[int], in_dim: int) -> nn.Sequential:
 
 
 def _sizes(value: object, name: str) -> list[int]:
-    if not isinstance(value, list | tuple) or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0
-                                                      for v in value):
+    if not isinstance(value, list | tuple) or not all(
+        isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value
+    ):
         raise ConfigError(f"model.args.{name}: expected a list of positive integers, got {value!r}")
     return list(value)
 
@@ -117,8 +118,9 @@ class FM(_Base):
 class WideDeep(_Base):
     """Wide & Deep: a linear (wide) part and an MLP (deep) part over [dense, pooled], summed."""
 
-    def __init__(self, *, dense_dim: int, slot_dims: dict[str, int], num_tasks: int = 1,
-                 hidden: list[int] | None = None) -> None:
+    def __init__(
+        self, *, dense_dim: int, slot_dims: dict[str, int], num_tasks: int = 1, hidden: list[int] | None = None
+    ) -> None:
         super().__init__(dense_dim=dense_dim, slot_dims=slot_dims, num_tasks=num_tasks)
         hidden = _sizes(hidden if hidden is not None else [256, 128], "hidden")
         self.wide = nn.Linear(self.flat_dim, num_tasks)
@@ -133,8 +135,15 @@ class WideDeep(_Base):
 class DeepFM(FM):
     """DeepFM: the FM part plus an MLP over [dense, pooled] (shared embeddings), summed."""
 
-    def __init__(self, *, dense_dim: int, slot_dims: dict[str, int], num_tasks: int = 1, k: int | None = None,
-                 hidden: list[int] | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        dense_dim: int,
+        slot_dims: dict[str, int],
+        num_tasks: int = 1,
+        k: int | None = None,
+        hidden: list[int] | None = None,
+    ) -> None:
         super().__init__(dense_dim=dense_dim, slot_dims=slot_dims, num_tasks=num_tasks, k=k)
         hidden = _sizes(hidden if hidden is not None else [256, 128], "hidden")
         self.deep = mlp(hidden, self.flat_dim)
@@ -154,8 +163,15 @@ class DLRM(_Base):
         top: top MLP sizes (then a Linear to num_tasks).
     """
 
-    def __init__(self, *, dense_dim: int, slot_dims: dict[str, int], num_tasks: int = 1,
-                 bottom: list[int] | None = None, top: list[int] | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        dense_dim: int,
+        slot_dims: dict[str, int],
+        num_tasks: int = 1,
+        bottom: list[int] | None = None,
+        top: list[int] | None = None,
+    ) -> None:
         super().__init__(dense_dim=dense_dim, slot_dims=slot_dims, num_tasks=num_tasks)
         bottom = _sizes(bottom if bottom is not None else [64, 32], "bottom")
         top = _sizes(top if top is not None else [128, 64], "top")
@@ -183,8 +199,15 @@ class DLRM(_Base):
 class DCNv2(_Base):
     """DCN-v2: full-rank cross layers ``x_{l+1} = x0 * (W_l x_l + b_l) + x_l`` stacked with an MLP."""
 
-    def __init__(self, *, dense_dim: int, slot_dims: dict[str, int], num_tasks: int = 1, cross_layers: int = 3,
-                 hidden: list[int] | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        dense_dim: int,
+        slot_dims: dict[str, int],
+        num_tasks: int = 1,
+        cross_layers: int = 3,
+        hidden: list[int] | None = None,
+    ) -> None:
         super().__init__(dense_dim=dense_dim, slot_dims=slot_dims, num_tasks=num_tasks)
         _positive(cross_layers, "cross_layers")
         hidden = _sizes(hidden if hidden is not None else [256, 128], "hidden")

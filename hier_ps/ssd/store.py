@@ -73,7 +73,9 @@ class _Table:
 
     def rows_at(self, slots: np.ndarray) -> np.ndarray:
         if self._map is None or self._map.shape[0] < self.n_slots:
-            self._map = np.memmap(self.path, np.float32, "r", shape=(self.n_slots, self.width)) if self.n_slots else None
+            self._map = (
+                np.memmap(self.path, np.float32, "r", shape=(self.n_slots, self.width)) if self.n_slots else None
+            )
         if self._map is None:
             return np.zeros((0, self.width), np.float32)
         order = np.argsort(slots, kind="stable")  # read in file order
@@ -114,8 +116,9 @@ class SSDStore:
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(self._lock_fd)
-            raise StoreLockedError(f"store directory '{self.dir}' is in use by another process "
-                                   f"(lock file {self.dir / 'LOCK'})") from None
+            raise StoreLockedError(
+                f"store directory '{self.dir}' is in use by another process (lock file {self.dir / 'LOCK'})"
+            ) from None
         self.stats = {"rows_read": 0, "rows_written": 0, "bytes_read": 0, "bytes_written": 0, "commits": 0}
         self.tables: dict[str, _Table] = {}
         try:
@@ -130,7 +133,7 @@ class SSDStore:
         if manifest_path.exists():
             try:
                 manifest = json.loads(manifest_path.read_text())
-                manifest["tables"]  # noqa: B018 - shape check
+                manifest["tables"]
             except (ValueError, KeyError, TypeError):
                 raise StoreError(f"{manifest_path}: corrupt manifest") from None
             if manifest.get("format") != FORMAT:
@@ -143,8 +146,10 @@ class SSDStore:
                 self.tables[name] = _Table(self.dir, name, width, 0, np.zeros(0, np.uint64), np.zeros(0, np.int64))
                 continue
             if entry["width"] != width:
-                raise StoreError(f"store '{self.dir}': table {name!r} has row width {entry['width']} on disk but "
-                                 f"{width} in the config (dim or optimizer changed?)")
+                raise StoreError(
+                    f"store '{self.dir}': table {name!r} has row width {entry['width']} on disk but "
+                    f"{width} in the config (dim or optimizer changed?)"
+                )
             keys, slots = self._load_index(self.dir / entry["index"], entry["crc32"])
             self.tables[name] = _Table(self.dir, name, width, entry["rows"], keys, slots)
 
@@ -227,8 +232,13 @@ class SSDStore:
             data = np.stack([t.keys, t.slots.view(np.uint64)]).tobytes() if len(t.keys) else b""
             idx_name = f"{t.path.stem}.idx.{gen}.npy"
             _atomic_write(self.dir / idx_name, data)
-            entries[name] = {"width": t.width, "rows": t.n_slots, "index": idx_name, "crc32": zlib.crc32(data),
-                             "live": len(t.keys)}
+            entries[name] = {
+                "width": t.width,
+                "rows": t.n_slots,
+                "index": idx_name,
+                "crc32": zlib.crc32(data),
+                "live": len(t.keys),
+            }
         _fsync_dir(self.dir)
         manifest = {"format": FORMAT, "generation": gen, "tables": entries}
         _atomic_write(self.dir / "MANIFEST.json", json.dumps(manifest, indent=1).encode())

@@ -40,8 +40,11 @@ def reference(name: str, w: np.ndarray, g_steps: list[np.ndarray]) -> np.ndarray
             sigma = (np.sqrt(n + g * g) - np.sqrt(n)) / c["alpha"]
             z += g - sigma * w
             n += g * g
-            w = np.where(np.abs(z) <= c["l1"], 0.0,
-                         -(z - np.sign(z) * c["l1"]) / ((c["beta"] + np.sqrt(n)) / c["alpha"] + c["l2"]))
+            w = np.where(
+                np.abs(z) <= c["l1"],
+                0.0,
+                -(z - np.sign(z) * c["l1"]) / ((c["beta"] + np.sqrt(n)) / c["alpha"] + c["l2"]),
+            )
     return w
 
 

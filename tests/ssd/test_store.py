@@ -1,0 +1,143 @@
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from hier_ps.errors import StoreError, StoreLockedError
+from hier_ps.ssd import SSDStore
+
+
+def rows_for(keys: np.ndarray, width: int, salt: float = 0.0) -> np.ndarray:
+    return (keys[:, None].astype(np.float64) % 1000 + np.arange(width) * 0.5 + salt).astype(np.float32)
+
+
+def test_roundtrip_order_and_missing(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    keys = np.unique(rng.integers(0, 2**63, 500, dtype=np.int64).astype(np.uint64) * np.uint64(2))
+    with SSDStore(tmp_path, {"a": 5, "b": 2}) as s:
+        s.write("a", keys, rows_for(keys, 5))
+        q = rng.permutation(np.concatenate([keys[:50], np.array([1, 3], np.uint64)]))
+        rows, found = s.read("a", q)
+        assert found.sum() == 50 and not found[np.isin(q, [1, 3])].any()
+        np.testing.assert_array_equal(rows[found], rows_for(q[found], 5))
+        assert (rows[~found] == 0).all()
+        s.write("a", keys[:10], rows_for(keys[:10], 5, salt=9))  # overwrite
+        np.testing.assert_array_equal(s.read("a", keys[:10])[0], rows_for(keys[:10], 5, salt=9))
+        assert s.num_rows("a") == len(keys) and s.num_rows("b") == 0
+        assert np.array_equal(s.keys("a"), np.sort(keys))
+        s.commit()
+    with SSDStore(tmp_path, {"a": 5, "b": 2}) as s:
+        np.testing.assert_array_equal(s.read("a", keys[:10])[0], rows_for(keys[:10], 5, salt=9))
+        np.testing.assert_array_equal(s.read("a", keys[10:])[0], rows_for(keys[10:], 5))
+
+
+def test_uncommitted_writes_vanish_on_reopen(tmp_path: Path) -> None:
+    k = np.arange(10, dtype=np.uint64)
+    s = SSDStore(tmp_path, {"a": 3})
+    s.write("a", k, rows_for(k, 3))
+    s.commit()
+    s.write("a", k[:5], rows_for(k[:5], 3, salt=1))
+    s.write("a", np.arange(100, 105, dtype=np.uint64), rows_for(k[:5], 3))
+    s.delete("a", k[5:])
+    s.close()  # no commit
+    with SSDStore(tmp_path, {"a": 3}) as s:
+        assert s.num_rows("a") == 10
+        np.testing.assert_array_equal(s.read("a", k)[0], rows_for(k, 3))
+
+
+def test_sigkill_during_writes_keeps_last_commit(tmp_path: Path) -> None:
+    script = textwrap.dedent(f"""
+        import os, signal, numpy as np
+        from hier_ps.ssd import SSDStore
+        s = SSDStore({str(tmp_path)!r}, {{"a": 16}})
+        k = np.arange(20000, dtype=np.uint64)
+        s.write("a", k, np.ones((20000, 16), np.float32))
+        s.commit()
+        for i in range(50):
+            s.write("a", k, np.full((20000, 16), i + 2, np.float32))
+            if i == 3:
+                s.commit()
+        os.kill(os.getpid(), signal.SIGKILL)
+    """)
+    r = subprocess.run([sys.executable, "-c", script], check=False)
+    assert r.returncode == -signal.SIGKILL
+    with SSDStore(tmp_path, {"a": 16}) as s:
+        rows, found = s.read("a", np.arange(20000, dtype=np.uint64))
+        assert found.all() and (rows == 5).all()  # the commit after write i == 3 (value 5)
+        assert os.path.getsize(tmp_path / "a.rows") == 5 * 20000 * 16 * 4  # uncommitted tail cut away
+
+
+def test_lock_conflict_in_process_and_across_processes(tmp_path: Path) -> None:
+    with SSDStore(tmp_path, {"a": 1}):
+        with pytest.raises(StoreLockedError, match="in use by another process"):
+            SSDStore(tmp_path, {"a": 1})
+        code = f"from hier_ps.ssd import SSDStore\nSSDStore({str(tmp_path)!r}, {{'a': 1}})"
+        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+        assert r.returncode != 0 and "StoreLockedError" in r.stderr
+    SSDStore(tmp_path, {"a": 1}).close()  # released
+
+
+def test_width_mismatch_and_corruption(tmp_path: Path) -> None:
+    with SSDStore(tmp_path, {"a": 4}) as s:
+        s.write("a", np.arange(3, dtype=np.uint64), np.zeros((3, 4), np.float32))
+        s.commit()
+    with pytest.raises(StoreError, match="table 'a' has row width 4 on disk but 6"):
+        SSDStore(tmp_path, {"a": 6})
+    idx = next(tmp_path.glob("a.idx.*.npy"))
+    data = bytearray(idx.read_bytes())
+    data[3] ^= 0xFF
+    idx.write_bytes(bytes(data))
+    with pytest.raises(StoreError, match=f"{idx.name}: index file checksum mismatch"):
+        SSDStore(tmp_path, {"a": 4})
+    (tmp_path / "MANIFEST.json").write_text("{not json")
+    with pytest.raises(StoreError, match="MANIFEST.json: corrupt manifest"):
+        SSDStore(tmp_path, {"a": 4})
+
+
+ops = st.lists(
+    st.tuples(
+        st.sampled_from(["write", "delete", "commit", "reopen", "crash"]),
+        st.lists(st.integers(0, 30), min_size=1, max_size=8, unique=True),
+        st.integers(0, 100),
+    ),
+    max_size=25,
+)
+
+
+@settings(max_examples=40, deadline=None)
+@given(ops=ops)
+def test_matches_dict_model(tmp_path_factory: pytest.TempPathFactory, ops: list) -> None:
+    d = tmp_path_factory.mktemp("s")
+    committed: dict[int, float] = {}
+    live: dict[int, float] = {}
+    s = SSDStore(d, {"t": 2})
+    for op, keys, val in ops:
+        k = np.array(keys, np.uint64)
+        if op == "write":
+            s.write("t", k, np.full((len(k), 2), val, np.float32))
+            live.update(dict.fromkeys(keys, float(val)))
+        elif op == "delete":
+            s.delete("t", k)
+            for x in keys:
+                live.pop(x, None)
+        elif op == "commit":
+            s.commit()
+            committed = dict(live)
+        else:  # reopen after a clean close or a crash: both leave the last commit
+            s.close()
+            s = SSDStore(d, {"t": 2})
+            live = dict(committed)
+        q = np.arange(31, dtype=np.uint64)
+        rows, found = s.read("t", q)
+        assert found.tolist() == [i in live for i in range(31)]
+        assert [float(r[0]) for r, f in zip(rows, found, strict=True) if f] == [live[i] for i in range(31) if i in live]
+    s.close()
