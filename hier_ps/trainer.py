@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from hier_ps.config import Config, DenseOptimizerConfig, DenseOptimizerName, load_config, save_config
 from hier_ps.data import ParquetReader, generate_synthetic
@@ -121,8 +121,6 @@ class Trainer:
             self._wipe_run_dir()
         self.store = SSDStore(cfg.store_dir, {n: s.layout.width for n, s in self.specs.items()})
         self.host = HostCache(self.store, int(cfg.store.host_cache_bytes))
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, self.run_dir / "config.yaml")
         self.pass_index = 0
         self.examples_seen = 0
         self._closed = False
@@ -147,17 +145,9 @@ class Trainer:
         log.info("generated synthetic data in %.1f s", time.perf_counter() - t0)
 
     def _wipe_run_dir(self) -> None:
-        for p in (
-            self.cfg.store_dir,
-            self.run_dir / "metrics.jsonl",
-            self.run_dir / "dense.pt",
-            self.run_dir / "summary.json",
-        ):
-            p = Path(p)
-            if p.is_dir():
-                shutil.rmtree(p)
-            elif p.exists():
-                p.unlink()
+        SSDStore.destroy(self.cfg.store_dir)  # refuses while another process uses the store
+        for name in ("metrics.jsonl", "dense.pt", "summary.json", "config.yaml"):
+            (self.run_dir / name).unlink(missing_ok=True)
 
     def _oracle_auc(self) -> float | None:
         candidates = []
@@ -193,6 +183,8 @@ class Trainer:
                 f"store {str(cfg.store_dir)!r} already holds a trained model; choose a new run.dir "
                 "or set run.overwrite=true to start over"
             )
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, self.run_dir / "config.yaml")
         total = self.train_reader.num_rows * cfg.train.epochs
         if cfg.train.max_passes is not None:
             total = min(total, cfg.train.max_passes * self.pass_rows)
@@ -206,6 +198,8 @@ class Trainer:
             mininterval=1.0,
         )
         metrics_f = (self.run_dir / "metrics.jsonl").open("a")
+        redirect = logging_redirect_tqdm()  # log lines print above the progress bar, not through it
+        redirect.__enter__()
         t_start = time.perf_counter()
         trained = 0
         last: dict[str, Any] = {}
@@ -264,6 +258,7 @@ class Trainer:
             return summary
         finally:
             bar.close()
+            redirect.__exit__(None, None, None)
             metrics_f.close()
 
     def _run_pass(self, chunk: Any, epoch: int, times: dict[str, float], bar: tqdm) -> dict[str, Any]:
@@ -472,17 +467,22 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         self.dense_opt.load_state_dict(state["optimizer"])
 
-    def close(self) -> None:
-        """Writes dirty rows down, commits the store and releases its lock."""
+    def close(self, commit: bool = True) -> None:
+        """Releases the store. With `commit`, dirty rows are written down and committed first; without, everything
+        since the last commit is dropped (the store stays at its last committed state)."""
         if self._closed:
             return
         self._closed = True
-        self.host.flush()
-        self.store.commit()
-        self.store.close()
+        try:
+            if commit:
+                self.host.flush()
+                self.store.commit()
+        finally:
+            self.store.close()
 
     def __enter__(self) -> Trainer:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        # A run that failed half way must not commit half a pass: the store keeps its last committed state.
+        self.close(commit=exc_type is None)

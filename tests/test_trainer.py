@@ -248,3 +248,39 @@ def test_bad_column_writes_nothing(tiny_data: dict, tmp_path: Path) -> None:
     with pytest.raises(hp.DataError, match="nope"):
         hp.Trainer(cfg)
     assert not (tmp_path / "run").exists()
+
+
+def test_overwrite_refuses_a_store_in_use(tiny_data: dict, tmp_path: Path) -> None:
+    cfg = tiny_config(tiny_data, tmp_path / "run", **{"train.max_passes": 1})
+    with hp.Trainer(cfg) as tr:
+        tr.fit()
+        tr.store.commit()
+        with pytest.raises(hp.StoreLockedError):
+            hp.Trainer(tiny_config(tiny_data, tmp_path / "run", **{"run.overwrite": True}))
+        assert tr.store.num_rows("C1") > 0 and (tmp_path / "run" / "store" / "MANIFEST.json").is_file()
+
+
+def test_bad_data_mid_run_leaves_store_at_last_commit(tiny_data: dict, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    files = sorted((tiny_data["dir"] / "train").glob("*.parquet"))
+    for f in files:
+        (data / f.name).write_bytes(f.read_bytes())
+    t = pq.read_table(files[-1])
+    labels = t.column("label").to_numpy().copy()
+    labels[5] = np.nan
+    pq.write_table(t.set_column(t.schema.get_field_index("label"), "label", pa.array(labels)), data / files[-1].name)
+    cfg = tiny_config(tiny_data, tmp_path / "run", **{"data.train": str(data), "train.pass_examples": 2048})
+    with (
+        pytest.raises(hp.DataError, match=f"{files[-1].name}: column 'label': NaN/inf at row 5"),
+        hp.Trainer(cfg) as tr,
+    ):
+        tr.fit()
+    from hier_ps.ssd import SSDStore
+
+    with SSDStore(tmp_path / "run" / "store", {n: s.layout.width for n, s in tr.specs.items()}) as store:
+        assert all(store.num_rows(n) == 0 for n in tr.specs)  # nothing of the failed run was committed
+    skip = tiny_config(tiny_data, tmp_path / "run2", **{"data.train": str(data), "data.on_invalid": "skip"})
+    with hp.Trainer(skip) as tr:
+        s = tr.fit()
+    assert s["invalid_examples_skipped"] == 1 and s["examples"] == tiny_data["info"]["train_rows"] - 1

@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import zlib
 from pathlib import Path
 
@@ -248,6 +249,28 @@ class SSDStore:
             (self.dir / f).unlink(missing_ok=True)
         self.generation, self._manifest_tables = gen, entries
         self.stats["commits"] += 1
+
+    @staticmethod
+    def destroy(directory: str | Path) -> None:
+        """Deletes the store at `directory`, refusing while another process has it open.
+
+        Raises:
+            StoreLockedError: the store is in use.
+        """
+        d = Path(directory)
+        if not d.is_dir():
+            return
+        fd = os.open(d / "LOCK", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise StoreLockedError(
+                    f"store directory '{d}' is in use by another process (lock file {d / 'LOCK'})"
+                ) from None
+            shutil.rmtree(d)
+        finally:
+            os.close(fd)
 
     # ------------------------------------------------------------------ inspection and lifetime
     def keys(self, table: str) -> np.ndarray:
