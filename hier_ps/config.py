@@ -291,7 +291,7 @@ class TrainConfig:
 
     device: str = "auto"  #: auto (cuda if available, else cpu), cpu, cuda, cuda:N
     batch_size: int = 4096  #: examples per training step
-    pass_examples: int = 500_000  #: examples per pass, rounded up to whole batches
+    pass_examples: int = 500_000  #: examples per pass; batches are cut within a pass (the last may be short)
     epochs: int = 1  #: passes over the training data
     shuffle: bool = False  #: shuffle examples within each pass (seeded by run.seed, epoch and pass)
     max_passes: int | None = None  #: stop after this many passes (all epochs together)

@@ -162,12 +162,6 @@ class Trainer:
                 return float(json.loads(f.read_text())["oracle_auc"])
         return None
 
-    @property
-    def pass_rows(self) -> int:
-        """Examples per pass: train.pass_examples rounded up to whole batches, so batches never span passes."""
-        bs = self.cfg.train.batch_size
-        return -(-self.cfg.train.pass_examples // bs) * bs
-
     # ------------------------------------------------------------------ training
     def fit(self) -> dict[str, Any]:
         """Trains for train.epochs (or train.max_passes) and evaluates; returns the run summary.
@@ -187,7 +181,7 @@ class Trainer:
         save_config(cfg, self.run_dir / "config.yaml")
         total = self.train_reader.num_rows * cfg.train.epochs
         if cfg.train.max_passes is not None:
-            total = min(total, cfg.train.max_passes * self.pass_rows)
+            total = min(total, cfg.train.max_passes * cfg.train.pass_examples)
         bar = tqdm(
             total=total,
             unit="ex",
@@ -206,7 +200,7 @@ class Trainer:
         evaluated_last = False
         try:
             for epoch in range(cfg.train.epochs):
-                chunks = self.train_reader.iter_chunks(self.pass_rows)
+                chunks = self.train_reader.iter_chunks(cfg.train.pass_examples)
                 while cfg.train.max_passes is None or self.pass_index < cfg.train.max_passes:
                     t0 = time.perf_counter()
                     chunk = next(chunks, None)
@@ -390,7 +384,7 @@ class Trainer:
         limit = self.cfg.eval.max_examples
         scores, labels, seen = [], [], 0
         with torch.no_grad():
-            for chunk in self.eval_reader.iter_chunks(self.pass_rows):
+            for chunk in self.eval_reader.iter_chunks(self.cfg.train.pass_examples):
                 if limit is not None and seen >= limit:
                     break
                 if limit is not None and seen + len(chunk) > limit:

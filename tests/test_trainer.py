@@ -284,3 +284,23 @@ def test_bad_data_mid_run_leaves_store_at_last_commit(tiny_data: dict, tmp_path:
     with hp.Trainer(skip) as tr:
         s = tr.fit()
     assert s["invalid_examples_skipped"] == 1 and s["examples"] == tiny_data["info"]["train_rows"] - 1
+
+
+def test_multi_task_and_exact_pass_cuts(tiny_data: dict, tmp_path: Path) -> None:
+    cfg = tiny_config(
+        tiny_data,
+        tmp_path / "run",
+        **{
+            "data.label": "[label, label]",
+            "train.pass_examples": 3000,
+            "train.batch_size": 1024,
+            "model.name": "dcn_v2",
+            "model.args": "{hidden: [8], cross_layers: 1}",
+        },
+    )
+    with hp.Trainer(cfg) as tr:
+        s = tr.fit()
+    recs = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["examples"] for r in recs] == [3000] * 6 + [2000]
+    assert len(s["eval_auc_per_task"]) == 2 and all(0 < a < 1 for a in s["eval_auc_per_task"])
+    assert s["eval_auc"] == pytest.approx(np.mean(s["eval_auc_per_task"]))

@@ -84,3 +84,19 @@ def test_convert_criteo(tmp_path: Path) -> None:
         convert_criteo(tmp_path / "badhex.tsv", tmp_path / "o4")
     with pytest.raises(DataError, match="input file not found"):
         convert_criteo(tmp_path / "nope.tsv", tmp_path / "o5")
+
+
+def test_vocabulary_of_1e8_costs_no_vocabulary_memory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import tracemalloc
+
+    from hier_ps.data import synthetic
+
+    huge = synthetic.Preset(train_rows=20_000, eval_rows=5_000, num_dense=1, vocab=(10**8, 10**8), multi_hot=(1,))
+    monkeypatch.setitem(synthetic.PRESETS, "huge", huge)
+    tracemalloc.start()
+    info = generate_synthetic(tmp_path, preset="huge")
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 64 * 2**20  # a table of 10^8 weights alone would be 800 MB
+    keys = pq.read_table(tmp_path / "train" / "part-00000.parquet").column("C1").to_numpy()
+    assert len(np.unique(keys)) > 10_000 and (keys >= 0).all() and info["oracle_auc"] > 0.5
