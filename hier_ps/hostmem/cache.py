@@ -2,9 +2,9 @@
 
 The byte budget is split so that every table can hold the same number of rows (each table's share is proportional
 to its row bytes). Per table the cache keeps preallocated arrays — rows float32[cap, width], the key of each slot,
-dirty and last-use marks — and a sorted key index searched with ``np.searchsorted``. Every operation is vectorized
-over its batch; evictions choose least-recently-used slots with ``np.argpartition`` and write dirty victims back to the
-backing tier in one batched call.
+dirty and last-use marks — and a sorted key index searched with ``np.searchsorted`` and updated by merging (resident
+keys are never re-sorted). Every operation is vectorized over its batch; evictions choose least-recently-used slots
+with ``np.argpartition`` and write dirty victims back to the backing tier in one batched call.
 """
 
 from __future__ import annotations
@@ -29,10 +29,22 @@ class _Slots:
         self.ikeys = np.zeros(0, np.uint64)  # sorted resident keys
         self.islots = np.zeros(0, np.int64)  # their slots
 
-    def reindex(self) -> None:
-        occ = np.flatnonzero(self.used)
-        order = np.argsort(self.keys[occ], kind="stable")
-        self.ikeys, self.islots = self.keys[occ][order], occ[order]
+    @property
+    def resident(self) -> int:
+        return len(self.ikeys)
+
+    def index_remove(self, keys: np.ndarray) -> None:
+        """Drops resident `keys` from the sorted index (a memmove, no sort)."""
+        keep = np.ones(len(self.ikeys), bool)
+        keep[np.searchsorted(self.ikeys, keys)] = False
+        self.ikeys, self.islots = self.ikeys[keep], self.islots[keep]
+
+    def index_add(self, keys: np.ndarray, slots: np.ndarray) -> None:
+        """Adds non-resident `keys` at `slots` to the sorted index (sorts only the new keys)."""
+        order = np.argsort(keys, kind="stable")
+        pos = np.searchsorted(self.ikeys, keys[order])
+        self.ikeys = np.insert(self.ikeys, pos, keys[order])
+        self.islots = np.insert(self.islots, pos, slots[order])
 
     def lookup(self, keys: np.ndarray) -> np.ndarray:
         """Slot of each key, -1 when not resident."""
@@ -76,10 +88,10 @@ class HostCache:
     def _free_slots(self, name: str, n: int) -> np.ndarray:
         """n free slots of `name`, evicting LRU rows (dirty ones written back) as needed; n <= cap."""
         s = self.t[name]
-        free = np.flatnonzero(~s.used)
-        need = n - len(free)
+        need = n - (s.cap - s.resident)
+        free = np.flatnonzero(~s.used)[:n] if s.resident < s.cap else np.zeros(0, np.int64)
         if need > 0:
-            occ = np.flatnonzero(s.used)
+            occ = s.islots
             victims = occ[np.argpartition(s.last_use[occ], need - 1)[:need]]
             dirty = victims[s.dirty[victims]]
             if len(dirty):
@@ -87,6 +99,7 @@ class HostCache:
                 self.stats["rows_written_back"] += len(dirty)
             s.used[victims] = False
             s.dirty[victims] = False
+            s.index_remove(s.keys[victims])
             self.stats["evictions"] += need
             free = np.concatenate([free, victims])
         return free[:n]
@@ -97,6 +110,7 @@ class HostCache:
         slots = self._free_slots(name, len(keys))
         s.rows[slots], s.keys[slots] = rows, keys
         s.used[slots], s.dirty[slots], s.last_use[slots] = True, dirty, clock
+        s.index_add(keys, slots)
 
     def read(self, table: str, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """-> (rows float32[n, width], found bool[n]); misses come from the backing tier and become resident."""
@@ -118,7 +132,6 @@ class HostCache:
             if s.cap and len(fetched):
                 fetched = fetched[-s.cap :]  # a batch larger than the cache keeps its last rows
                 self._insert(table, keys[fetched], rows[fetched], False, clock)
-                s.reindex()
         n_hit = int(hit.sum())
         self.stats["hits"] += n_hit
         self.stats["misses"] += len(keys) - n_hit
@@ -143,7 +156,6 @@ class HostCache:
         if len(new):
             # Rows written in this call have the newest clock, so evictions pick older rows first.
             self._insert(table, keys[new], rows[new], True, clock)
-            s.reindex()
         self._update_stats()
 
     def delete(self, table: str, keys: np.ndarray) -> None:
@@ -155,7 +167,7 @@ class HostCache:
         if len(slots):
             s.used[slots] = False
             s.dirty[slots] = False
-            s.reindex()
+            s.index_remove(s.keys[slots])
         self.backing.delete(table, keys)
         self._update_stats()
 
@@ -170,9 +182,9 @@ class HostCache:
 
     def resident(self, table: str) -> int:
         """Rows of `table` held in RAM."""
-        return int(self.t[table].used.sum())
+        return self.t[table].resident
 
     def _update_stats(self) -> None:
         total = self.stats["hits"] + self.stats["misses"]
         self.stats["hit_rate"] = self.stats["hits"] / total if total else 0.0
-        self.stats["resident_rows"] = sum(int(s.used.sum()) for s in self.t.values())
+        self.stats["resident_rows"] = sum(s.resident for s in self.t.values())
