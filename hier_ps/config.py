@@ -29,6 +29,7 @@ import yaml
 from hier_ps.errors import ConfigError
 
 __all__ = [
+    "CheckpointConfig",
     "Config",
     "DataConfig",
     "DenseOptimizerConfig",
@@ -89,6 +90,14 @@ class OnInvalid(enum.StrEnum):
 
     ERROR = "error"  #: stop with an error naming the file, column and row
     SKIP = "skip"  #: drop the example and count it
+
+
+class ResumeMode(enum.StrEnum):
+    """Whether `hier-ps train` continues from a checkpoint in run.dir."""
+
+    AUTO = "auto"  #: resume from the newest valid checkpoint if there is one (and say so), else start fresh
+    NEVER = "never"  #: always start fresh; refuse a run directory whose store already holds a model
+    REQUIRED = "required"  #: resume, or stop with an error when no valid checkpoint exists
 
 
 class DenseTransform(enum.StrEnum):
@@ -278,11 +287,14 @@ class StoreConfig:
     dir: str | None = None  #: SSD store directory (default: RUN_DIR/store)
     host_cache_bytes: int | str = "256MiB"  #: host RAM cache budget over the SSD store (0 = no cache)
     hbm_bytes: int | str = "auto"  #: device budget for a pass's working set; auto = 80% of free device memory
+    compact_stale_fraction: float = 0.5  #: at a checkpoint, compact the SSD store when stale rows exceed this share
 
     def __post_init__(self) -> None:
         self.host_cache_bytes = parse_bytes(self.host_cache_bytes, "host_cache_bytes")
         if self.hbm_bytes != "auto":
             self.hbm_bytes = parse_bytes(self.hbm_bytes, "hbm_bytes")
+        if not 0 < self.compact_stale_fraction <= 1:
+            raise ConfigError(f"compact_stale_fraction: must be in (0, 1], got {self.compact_stale_fraction}")
 
 
 @dataclass(kw_only=True)
@@ -296,6 +308,7 @@ class TrainConfig:
     shuffle: bool = False  #: shuffle examples within each pass (seeded by run.seed, epoch and pass)
     max_passes: int | None = None  #: stop after this many passes (all epochs together)
     progress: bool = True  #: show a progress bar with examples/s on stderr
+    resume: ResumeMode = ResumeMode.AUTO  #: continue from the newest valid checkpoint in run.dir
 
     def __post_init__(self) -> None:
         if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
@@ -305,6 +318,20 @@ class TrainConfig:
                 raise ConfigError(f"{f}: must be > 0, got {getattr(self, f)}")
         if self.max_passes is not None and self.max_passes <= 0:
             raise ConfigError(f"max_passes: must be > 0, got {self.max_passes}")
+
+
+@dataclass(kw_only=True)
+class CheckpointConfig:
+    """Checkpoints: committed store + dense state + data cursor, for exact resume."""
+
+    every_passes: int = 1  #: checkpoint after every N passes (0: only at the end of training)
+    keep: int = 2  #: checkpoints kept (newest first)
+
+    def __post_init__(self) -> None:
+        if self.every_passes < 0:
+            raise ConfigError(f"every_passes: must be >= 0, got {self.every_passes}")
+        if self.keep < 1:
+            raise ConfigError(f"keep: must be >= 1, got {self.keep}")
 
 
 @dataclass(kw_only=True)
@@ -335,6 +362,7 @@ class Config:
     store: StoreConfig = field(default_factory=StoreConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
 
     def __post_init__(self) -> None:
         names = [t.name for t in self.tables]

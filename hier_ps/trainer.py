@@ -11,8 +11,11 @@ Example:
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
+import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -20,12 +23,22 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+import yaml
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from hier_ps.config import Config, DenseOptimizerConfig, DenseOptimizerName, load_config, save_config
+from hier_ps.checkpoint import Checkpoint, list_checkpoints, load_state, prune, write_checkpoint
+from hier_ps.config import (
+    Config,
+    DenseOptimizerConfig,
+    DenseOptimizerName,
+    ResumeMode,
+    config_to_dict,
+    load_config,
+    save_config,
+)
 from hier_ps.data import ParquetReader, generate_synthetic
-from hier_ps.errors import ConfigError, HierPSError
+from hier_ps.errors import ConfigError, HierPSError, StoreError, StoreLockedError
 from hier_ps.hbm.working_set import TableSpec, WorkingSet, segment_sum
 from hier_ps.hostmem import HostCache
 from hier_ps.metrics import auc, logloss
@@ -117,12 +130,14 @@ class Trainer:
         self.model = model.to(self.device)
         self.dense_opt = _dense_optimizer(cfg.dense_optimizer, self.model.parameters())
 
+        self.ckpt_root = self.run_dir / "checkpoints"
         if cfg.run.overwrite:
             self._wipe_run_dir()
-        self.store = SSDStore(cfg.store_dir, {n: s.layout.width for n, s in self.specs.items()})
+        self.pass_index = self.epoch = self.pass_in_epoch = self.examples_seen = 0
+        self.resumed_from: Path | None = None
+        self._checkpointed_pass = -1
+        self.store = self._open_store({n: s.layout.width for n, s in self.specs.items()})
         self.host = HostCache(self.store, int(cfg.store.host_cache_bytes))
-        self.pass_index = 0
-        self.examples_seen = 0
         self._closed = False
         log.info(
             "hier_ps: device %s, %d tables, store %s, host cache %.1f MiB",
@@ -146,8 +161,91 @@ class Trainer:
 
     def _wipe_run_dir(self) -> None:
         SSDStore.destroy(self.cfg.store_dir)  # refuses while another process uses the store
+        shutil.rmtree(self.ckpt_root, ignore_errors=True)
         for name in ("metrics.jsonl", "dense.pt", "summary.json", "config.yaml"):
             (self.run_dir / name).unlink(missing_ok=True)
+
+    def _open_store(self, widths: dict[str, int]) -> SSDStore:
+        """Opens the store at the newest valid checkpoint's generation (and restores that checkpoint), or fresh."""
+        mode = self.cfg.train.resume
+        if mode != ResumeMode.NEVER:
+            for ck in list_checkpoints(self.ckpt_root):
+                try:
+                    store = SSDStore(self.cfg.store_dir, widths, generation=ck.store_generation)
+                except StoreLockedError:
+                    raise
+                except StoreError as e:
+                    log.warning("skipping checkpoint %s: its store generation cannot be opened (%s)", ck.path, e)
+                    continue
+                try:
+                    self._restore(ck)
+                except BaseException:
+                    store.close()
+                    raise
+                return store
+            if mode == ResumeMode.REQUIRED:
+                raise HierPSError(f"train.resume=required but {str(self.ckpt_root)!r} holds no valid checkpoint")
+        return SSDStore(self.cfg.store_dir, widths)
+
+    def _restore(self, ck: Checkpoint) -> None:
+        state = load_state(ck, self.device)
+        self.model.load_state_dict(state["model"])
+        self.dense_opt.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["torch_rng"])
+        if "cuda_rng" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        m = ck.meta
+        self.pass_index, self.epoch, self.pass_in_epoch = m["pass_index"], m["epoch"], m["pass_in_epoch"]
+        self.examples_seen = m["examples_seen"]
+        self._checkpointed_pass = self.pass_index
+        metrics = self.run_dir / "metrics.jsonl"
+        if metrics.exists() and metrics.stat().st_size > m["metrics_bytes"]:
+            os.truncate(metrics, m["metrics_bytes"])  # records of passes after the checkpoint are redone
+        self.resumed_from = ck.path
+        log.info(
+            "resuming from checkpoint %s: pass %d, epoch %d, %d examples seen",
+            ck.path,
+            self.pass_index,
+            self.epoch,
+            self.examples_seen,
+        )
+
+    def _checkpoint(self, metrics_f: Any) -> None:
+        """Commits the store and writes a checkpoint of everything else (DESIGN.md contract 5)."""
+        t0 = time.perf_counter()
+        cfg = self.cfg
+        self.host.flush()
+        gen = self.store.commit()
+        if self.store.stale_rows() > cfg.store.compact_stale_fraction * max(self.store.total_rows(), 1):
+            gen = self.store.compact()
+        metrics_f.flush()
+        os.fsync(metrics_f.fileno())
+        state: dict[str, Any] = {
+            "model": self.model.state_dict(),
+            "optimizer": self.dense_opt.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+        }
+        if torch.cuda.is_available():
+            state["cuda_rng"] = torch.cuda.get_rng_state_all()
+        meta = {
+            "format": 1,
+            "pass_index": self.pass_index,
+            "epoch": self.epoch,
+            "pass_in_epoch": self.pass_in_epoch,
+            "examples_seen": self.examples_seen,
+            "store_generation": gen,
+            "metrics_bytes": metrics_f.tell(),
+        }
+        write_checkpoint(self.ckpt_root, state, meta, yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+        prune(self.ckpt_root, cfg.checkpoint.keep, set(self.store.generations()))
+        self.store.retain({ck.store_generation for ck in list_checkpoints(self.ckpt_root)})
+        self._checkpointed_pass = self.pass_index
+        log.info(
+            "checkpoint after pass %d (store generation %d) in %.2f s",
+            self.pass_index - 1,
+            gen,
+            time.perf_counter() - t0,
+        )
 
     def _oracle_auc(self) -> float | None:
         candidates = []
@@ -172,10 +270,10 @@ class Trainer:
             oracle_auc (when the data set provides one), wall_s.
         """
         cfg = self.cfg
-        if self.pass_index == 0 and any(self.store.num_rows(t) for t in self.specs):
+        if self.resumed_from is None and self.pass_index == 0 and any(self.store.num_rows(t) for t in self.specs):
             raise HierPSError(
-                f"store {str(cfg.store_dir)!r} already holds a trained model; choose a new run.dir "
-                "or set run.overwrite=true to start over"
+                f"store {str(cfg.store_dir)!r} already holds a model but run.dir has no valid checkpoint to resume; "
+                "choose a new run.dir or set run.overwrite=true to start over"
             )
         self.run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, self.run_dir / "config.yaml")
@@ -184,6 +282,7 @@ class Trainer:
             total = min(total, cfg.train.max_passes * cfg.train.pass_examples)
         bar = tqdm(
             total=total,
+            initial=min(self.examples_seen, total),
             unit="ex",
             unit_scale=True,
             dynamic_ncols=True,
@@ -198,16 +297,22 @@ class Trainer:
         trained = 0
         last: dict[str, Any] = {}
         evaluated_last = False
+        limit = cfg.train.max_passes
         try:
-            for epoch in range(cfg.train.epochs):
-                chunks = self.train_reader.iter_chunks(cfg.train.pass_examples)
-                while cfg.train.max_passes is None or self.pass_index < cfg.train.max_passes:
+            while self.epoch < cfg.train.epochs and (limit is None or self.pass_index < limit):
+                # The data cursor: passes already done in this epoch are read and skipped, never trained twice.
+                chunks = itertools.islice(
+                    self.train_reader.iter_chunks(cfg.train.pass_examples), self.pass_in_epoch, None
+                )
+                while limit is None or self.pass_index < limit:
                     t0 = time.perf_counter()
                     chunk = next(chunks, None)
                     if chunk is None:
+                        self.epoch, self.pass_in_epoch = self.epoch + 1, 0
                         break
                     times = {"read": time.perf_counter() - t0}
-                    last = self._run_pass(chunk, epoch, times, bar)
+                    last = self._run_pass(chunk, self.epoch, times, bar)
+                    self.pass_in_epoch += 1
                     trained += last["examples"]
                     every = cfg.eval.every_passes
                     evaluated_last = bool(self.eval_reader and every and self.pass_index % every == 0)
@@ -218,34 +323,28 @@ class Trainer:
                         self._log_eval(last)
                     metrics_f.write(json.dumps(last) + "\n")
                     metrics_f.flush()
+                    ck_every = cfg.checkpoint.every_passes
+                    if ck_every and self.pass_index % ck_every == 0:
+                        self._checkpoint(metrics_f)
             bar.close()
-            self.host.flush()
-            self.store.commit()
+            if self._checkpointed_pass != self.pass_index:
+                self._checkpoint(metrics_f)
             self.save_dense(self.run_dir / "dense.pt")
             wall = time.perf_counter() - t_start
             summary: dict[str, Any] = {
-                "examples": trained,
+                "examples": self.examples_seen,
                 "passes": self.pass_index,
                 "train_loss": last.get("train_loss"),
                 "examples_per_s": trained / wall if wall > 0 else 0.0,
                 "wall_s": wall,
+                "resumed_from": str(self.resumed_from) if self.resumed_from else None,
                 "oracle_auc": self._oracle_auc(),
                 "invalid_examples_skipped": self.train_reader.num_invalid,
             }
             if self.eval_reader is not None:
-                ev = self._eval_record(self.evaluate()) if not evaluated_last else last
-                summary.update(
-                    {
-                        k: ev[k]
-                        for k in (
-                            "eval_auc",
-                            "eval_logloss",
-                            "eval_auc_per_task",
-                            "eval_logloss_per_task",
-                            "eval_examples",
-                        )
-                    }
-                )
+                ev = last if evaluated_last else self._eval_record(self.evaluate())
+                keys = ("eval_auc", "eval_logloss", "eval_auc_per_task", "eval_logloss_per_task", "eval_examples")
+                summary.update({k: ev[k] for k in keys})
             else:
                 summary.update(eval_auc=None, eval_logloss=None)
             (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -468,7 +567,7 @@ class Trainer:
             return
         self._closed = True
         try:
-            if commit:
+            if commit and not self.store.failed:
                 self.host.flush()
                 self.store.commit()
         finally:

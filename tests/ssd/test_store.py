@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import subprocess
@@ -73,7 +74,8 @@ def test_sigkill_during_writes_keeps_last_commit(tmp_path: Path) -> None:
     with SSDStore(tmp_path, {"a": 16}) as s:
         rows, found = s.read("a", np.arange(20000, dtype=np.uint64))
         assert found.all() and (rows == 5).all()  # the commit after write i == 3 (value 5)
-        assert os.path.getsize(tmp_path / "a.rows") == 5 * 20000 * 16 * 4  # uncommitted tail cut away
+        (data,) = tmp_path.glob("*.rows")
+        assert os.path.getsize(data) == 5 * 20000 * 17 * 4  # uncommitted tail cut away (16 floats + checksum)
 
 
 def test_lock_conflict_in_process_and_across_processes(tmp_path: Path) -> None:
@@ -92,14 +94,14 @@ def test_width_mismatch_and_corruption(tmp_path: Path) -> None:
         s.commit()
     with pytest.raises(StoreError, match="table 'a' has row width 4 on disk but 6"):
         SSDStore(tmp_path, {"a": 6})
-    idx = next(tmp_path.glob("a.idx.*.npy"))
+    idx = next(tmp_path.glob("a-*.delta.*.bin"))
     data = bytearray(idx.read_bytes())
     data[3] ^= 0xFF
     idx.write_bytes(bytes(data))
     with pytest.raises(StoreError, match=f"{idx.name}: index file checksum mismatch"):
         SSDStore(tmp_path, {"a": 4})
-    (tmp_path / "MANIFEST.json").write_text("{not json")
-    with pytest.raises(StoreError, match="MANIFEST.json: corrupt manifest"):
+    next(tmp_path.glob("manifest.*.json")).write_text("{not json")
+    with pytest.raises(StoreError, match=r"manifest\.0000000001\.json: corrupt or unreadable manifest"):
         SSDStore(tmp_path, {"a": 4})
 
 
@@ -132,7 +134,11 @@ def test_matches_dict_model(tmp_path_factory: pytest.TempPathFactory, ops: list)
         elif op == "commit":
             s.commit()
             committed = dict(live)
-        else:  # reopen after a clean close or a crash: both leave the last commit
+        elif op == "compact":
+            s.retain({s.compact()})
+            committed = dict(live)
+            assert s.stale_rows() == 0
+        else:  # reopen without commit: the last commit
             s.close()
             s = SSDStore(d, {"t": 2})
             live = dict(committed)
@@ -141,3 +147,136 @@ def test_matches_dict_model(tmp_path_factory: pytest.TempPathFactory, ops: list)
         assert found.tolist() == [i in live for i in range(31)]
         assert [float(r[0]) for r, f in zip(rows, found, strict=True) if f] == [live[i] for i in range(31) if i in live]
     s.close()
+
+
+def test_flipped_byte_in_a_row_is_caught_at_read(tmp_path: Path) -> None:
+    k = np.arange(100, dtype=np.uint64)
+    with SSDStore(tmp_path, {"a": 8}) as s:
+        s.write("a", k, rows_for(k, 8))
+        s.commit()
+    (data,) = tmp_path.glob("*.rows")
+    raw = bytearray(data.read_bytes())
+    raw[37 * 9 * 4 + 5] ^= 0x10  # a byte inside row 37
+    data.write_bytes(bytes(raw))
+    with SSDStore(tmp_path, {"a": 8}) as s:
+        s.read("a", k[:30])  # rows before it are fine
+        with pytest.raises(StoreError, match=f"{data.name}: checksum mismatch in row 37"):
+            s.read("a", k[30:40])
+
+
+def test_compaction_reclaims_and_reopens(tmp_path: Path) -> None:
+    k = np.arange(1000, dtype=np.uint64)
+    with SSDStore(tmp_path, {"a": 4, "b": 2}) as s:
+        for i in range(3):
+            s.write("a", k, rows_for(k, 4, salt=i))
+            s.commit()
+        s.delete("a", k[:500])
+        s.write("b", k[:10], rows_for(k[:10], 2))
+        assert s.stale_rows() == 2500
+        before = sum(p.stat().st_size for p in tmp_path.glob("*.rows"))
+        gen = s.compact()
+        assert s.stale_rows() == 0 and len(s.generations()) == 5
+        s.retain({gen})
+        assert s.generations() == [gen]
+        assert sum(p.stat().st_size for p in tmp_path.glob("*.rows")) < before / 5
+        np.testing.assert_array_equal(s.read("a", k[500:])[0], rows_for(k[500:], 4, salt=2))
+        s.write("a", k[:3], rows_for(k[:3], 4, salt=7))  # keeps working after compaction
+        s.commit()
+    with SSDStore(tmp_path, {"a": 4, "b": 2}) as s:
+        assert s.num_rows("a") == 503 and s.num_rows("b") == 10
+        np.testing.assert_array_equal(s.read("a", k[:3])[0], rows_for(k[:3], 4, salt=7))
+        np.testing.assert_array_equal(s.read("a", k[500:])[0], rows_for(k[500:], 4, salt=2))
+    assert len(list(tmp_path.glob("*.delta.*"))) == 1 and len(list(tmp_path.glob("*.base.*"))) == 2
+
+
+def test_open_an_older_generation_discards_later_ones(tmp_path: Path) -> None:
+    k = np.arange(10, dtype=np.uint64)
+    with SSDStore(tmp_path, {"a": 2}) as s:
+        s.write("a", k, rows_for(k, 2, salt=1))
+        g1 = s.commit()
+        s.write("a", k, rows_for(k, 2, salt=2))
+        s.commit()
+    with SSDStore(tmp_path, {"a": 2}, generation=g1) as s:
+        np.testing.assert_array_equal(s.read("a", k)[0], rows_for(k, 2, salt=1))
+    with SSDStore(tmp_path, {"a": 2}) as s:
+        assert s.generation == g1 and s.generations() == [g1]
+        np.testing.assert_array_equal(s.read("a", k)[0], rows_for(k, 2, salt=1))
+    with pytest.raises(StoreError, match="has no generation 9"):
+        SSDStore(tmp_path, {"a": 2}, generation=9)
+
+
+def test_commit_writes_only_what_changed(tmp_path: Path) -> None:
+    with SSDStore(tmp_path, {"a": 4}) as s:
+        big = np.arange(200_000, dtype=np.uint64)
+        s.write("a", big, np.zeros((len(big), 4), np.float32))
+        s.commit()
+        s.write("a", big[:100], np.ones((100, 4), np.float32))
+        s.delete("a", big[-7:])
+        gen = s.commit()
+    (delta,) = tmp_path.glob(f"*.delta.{gen:010d}.bin")
+    assert delta.stat().st_size == 8 * (2 + 2 * 100 + 7)  # header + 100 puts + 7 deletes, whatever the store size
+
+
+def test_disk_full_during_write_back_keeps_last_commit(tmp_path: Path) -> None:
+    k = np.arange(50, dtype=np.uint64)
+    with SSDStore(tmp_path, {"a": 4}) as s:
+        s.write("a", k, rows_for(k, 4))
+        s.commit()
+
+        def full(path: Path, nbytes: int) -> None:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        s.write("a", k[:10], rows_for(k[:10], 4, salt=1))
+        s.write_hook = full
+        with pytest.raises(StoreError, match=r"\.rows: write failed \(disk full\)"):
+            s.write("a", k[10:], rows_for(k[10:], 4, salt=1))
+        with pytest.raises(StoreError, match="failed earlier"):
+            s.commit()
+    with SSDStore(tmp_path, {"a": 4}) as s:
+        np.testing.assert_array_equal(s.read("a", k)[0], rows_for(k, 4))
+        s.write("a", k[:5], rows_for(k[:5], 4, salt=3))
+        s.write_hook = lambda path, n: (
+            (_ for _ in ()).throw(OSError(errno.ENOSPC, "full")) if "manifest" in str(path) else None
+        )
+        with pytest.raises(StoreError, match="disk full"):
+            s.commit()
+    with SSDStore(tmp_path, {"a": 4}) as s:
+        np.testing.assert_array_equal(s.read("a", k)[0], rows_for(k, 4))
+
+
+def test_reads_run_beside_a_write_back(tmp_path: Path) -> None:
+    import threading
+
+    k = np.arange(5000, dtype=np.uint64)
+    with SSDStore(tmp_path, {"a": 8}) as s:
+        s.write("a", k, rows_for(k, 8))
+        s.commit()
+        errors: list[BaseException] = []
+
+        def reader() -> None:
+            try:
+                for _ in range(30):
+                    rows, found = s.read("a", k[::7])
+                    assert found.all()
+                    assert np.isin(rows[:, 1] - rows_for(k[::7], 8)[:, 1], [0.0, 1.0]).all()
+            except BaseException as e:
+                errors.append(e)
+
+        th = threading.Thread(target=reader)
+        th.start()
+        for _ in range(30):
+            s.write("a", k, rows_for(k, 8, salt=1))
+        th.join()
+        assert not errors, errors
+
+
+def test_older_generation_survives_compaction_until_released(tmp_path: Path) -> None:
+    k = np.arange(100, dtype=np.uint64)
+    with SSDStore(tmp_path, {"a": 2}) as s:
+        s.write("a", k, rows_for(k, 2, salt=1))
+        g1 = s.commit()
+        s.write("a", k, rows_for(k, 2, salt=2))
+        s.compact()
+    with SSDStore(tmp_path, {"a": 2}, generation=g1) as s:  # e.g. resuming an older checkpoint
+        np.testing.assert_array_equal(s.read("a", k)[0], rows_for(k, 2, salt=1))
+        assert s.generations() == [g1] and len(list(tmp_path.glob("*.rows"))) == 1

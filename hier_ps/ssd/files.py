@@ -1,0 +1,72 @@
+"""File-level helpers of the SSD tier: row checksums, durable writes, fault injection."""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from hier_ps.errors import StoreError
+
+__all__ = ["WriteHook", "atomic_write", "fsync_dir", "row_checksums", "write_at"]
+
+#: Called with (path, nbytes) before every write the store makes; tests raise OSError(ENOSPC) from it.
+WriteHook = Callable[[Path, int], None]
+
+# Odd 32-bit weights, one per word position: a change of any single 32-bit word changes the weighted sum mod 2^32
+# (an odd weight is invertible mod 2^32), so every flipped byte in a row is caught.
+_WEIGHTS = (np.arange(1, 1 << 16, dtype=np.uint64) * np.uint64(0x9E3779B1) | np.uint64(1)) & np.uint64(0xFFFFFFFF)
+
+
+def row_checksums(rows: np.ndarray) -> np.ndarray:
+    """Checksums of float32[n, width] rows -> uint32[n] (position-weighted sum of the 32-bit words, mod 2^32)."""
+    words = np.ascontiguousarray(rows, dtype=np.float32).view(np.uint32).astype(np.uint64)
+    w = _WEIGHTS[: words.shape[1]]
+    with np.errstate(over="ignore"):
+        return ((words * w).sum(axis=1) & np.uint64(0xFFFFFFFF)).astype(np.uint32)
+
+
+def _os_error(path: Path, e: OSError) -> StoreError:
+    reason = "disk full" if e.errno == errno.ENOSPC else (e.strerror or str(e))
+    return StoreError(f"{path}: write failed ({reason}); the store keeps its last committed state")
+
+
+def write_at(fd: int, path: Path, data: bytes, offset: int, hook: WriteHook | None) -> None:
+    """pwrite all of `data` at `offset`, naming `path` in a StoreError on failure."""
+    try:
+        if hook is not None:
+            hook(path, len(data))
+        view = memoryview(data)
+        while view:
+            n = os.pwrite(fd, view, offset)
+            view, offset = view[n:], offset + n
+    except OSError as e:
+        raise _os_error(path, e) from None
+
+
+def atomic_write(path: Path, data: bytes, hook: WriteHook | None) -> None:
+    """Writes `data` to a temp file, fsyncs it and renames it over `path`."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        if hook is not None:
+            hook(tmp, len(data))
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise _os_error(path, e) from None
+
+
+def fsync_dir(path: Path) -> None:
+    """fsync a directory so that renames inside it are durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
