@@ -18,15 +18,19 @@ WriteHook = Callable[[Path, int], None]
 
 # Odd 32-bit weights, one per word position: a change of any single 32-bit word changes the weighted sum mod 2^32
 # (an odd weight is invertible mod 2^32), so every flipped byte in a row is caught.
-_WEIGHTS = (np.arange(1, 1 << 16, dtype=np.uint64) * np.uint64(0x9E3779B1) | np.uint64(1)) & np.uint64(0xFFFFFFFF)
+_WEIGHTS = ((np.arange(1, 1 << 16, dtype=np.uint64) * np.uint64(0x9E3779B1)) & np.uint64(0xFFFFFFFF)).astype(
+    np.uint32
+) | np.uint32(1)
 
 
 def row_checksums(rows: np.ndarray) -> np.ndarray:
-    """Checksums of float32[n, width] rows -> uint32[n] (position-weighted sum of the 32-bit words, mod 2^32)."""
-    words = np.ascontiguousarray(rows, dtype=np.float32).view(np.uint32).astype(np.uint64)
-    w = _WEIGHTS[: words.shape[1]]
+    """Checksums of float32[n, width] rows -> uint32[n] (position-weighted sum of the 32-bit words, mod 2^32).
+
+    uint32 arithmetic wraps mod 2^32 by itself, so no widening copy is made.
+    """
+    words = rows.view(np.uint32) if rows.dtype == np.float32 else np.asarray(rows, np.float32).view(np.uint32)
     with np.errstate(over="ignore"):
-        return ((words * w).sum(axis=1) & np.uint64(0xFFFFFFFF)).astype(np.uint32)
+        return np.einsum("ij,j->i", words, _WEIGHTS[: words.shape[1]], dtype=np.uint32)
 
 
 def _os_error(path: Path, e: OSError) -> StoreError:
