@@ -28,7 +28,9 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix .
 
 bench: $(STAMP)
+	$(BIN)/pip install -q rocksdict
 	$(BIN)/python benchmarks/e2e_bench.py
+	$(BIN)/python benchmarks/ssd_bench.py
 
 clean:
 	rm -rf runs .pytest_cache .ruff_cache

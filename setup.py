@@ -12,7 +12,7 @@ setup(
     install_requires=["torch>=2.4", "numpy>=1.24", "pyarrow>=14", "pyyaml>=6", "tqdm>=4.60"],
     extras_require={
         "cuda": ["cupy-cuda12x>=13"],
-        "bench": ["torchrec==1.8.0", "fbgemm-gpu-cpu==1.8.0"],
+        "bench": ["rocksdict>=0.3", "torchrec==1.8.0", "fbgemm-gpu-cpu==1.8.0"],
         "dev": ["pytest>=8", "hypothesis>=6", "ruff>=0.5"],
     },
     entry_points={"console_scripts": ["hier-ps=hier_ps.cli:main"]},

@@ -189,8 +189,15 @@ class Trainer:
 
     def _restore(self, ck: Checkpoint) -> None:
         state = load_state(ck, self.device)
-        self.model.load_state_dict(state["model"])
-        self.dense_opt.load_state_dict(state["optimizer"])
+        try:
+            self.model.load_state_dict(state["model"])
+            self.dense_opt.load_state_dict(state["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise HierPSError(
+                f"checkpoint {ck.path} does not fit this config's model or dense optimizer ({first}); "
+                "use a new run.dir, or run.overwrite=true to start over"
+            ) from None
         torch.set_rng_state(state["torch_rng"])
         if "cuda_rng" in state and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -86,3 +87,16 @@ def test_python_m_entry_point() -> None:
 
     r = subprocess.run([sys.executable, "-m", "hier_ps", "--help"], capture_output=True, text=True, check=False)
     assert r.returncode == 0 and "gen-data" in r.stdout
+
+
+def test_train_resumes_and_refuses_a_changed_model(
+    tiny_data: dict, tmp_path: Path, capsys: pytest.CaptureFixture, caplog: pytest.LogCaptureFixture
+) -> None:
+    f = _config_file(tiny_data, tmp_path)
+    caplog.set_level(logging.INFO, logger="hier_ps")
+    assert main(["-q", "train", str(f), "train.max_passes=1", "eval.every_passes=0"]) == 0
+    assert main(["train", str(f), "train.max_passes=2", "eval.every_passes=0", "train.progress=false"]) == 0
+    assert "2 passes" in capsys.readouterr().out
+    assert any("resuming from checkpoint" in r.message for r in caplog.records)
+    assert main(["-q", "train", str(f), "model.args.hidden=[16]"]) == 2
+    assert "does not fit this config's model" in capsys.readouterr().err
