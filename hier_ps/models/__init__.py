@@ -1,85 +1,22 @@
-"""Models: built-in CTR models by name, and custom ones by ``package.module:Class``.
+"""Models: the dense part of a CTR model, built by name from ``model.name`` and ``model.args``.
 
-A model is an ``nn.Module`` whose ``forward(dense [B, D], sparse {slot: [B, dim]})`` returns logits ``[B]`` (one task)
-or ``[B, T]``. :func:`build_model` constructs one as ``Class(dense_dim=D, slot_dims={slot: dim}, num_tasks=T, **args)``.
+A model is a ``torch.nn.Module`` whose ``forward(dense [B, D], sparse {slot: [B, dim_slot]})`` returns logits ``[B]``
+for one task or ``[B, T]`` for T tasks; ``sparse`` holds each slot's pooled embedding and is read in the order of the
+``slot_dims`` the model was built with, never in the dict's order. :func:`build_model` makes one from a built-in name
+(:data:`BUILTIN_MODELS`: ``lr``, ``fm``, ``wide_deep``, ``deepfm``, ``dlrm``, ``dcn_v2``) or from a
+``"package.module:ClassName"`` path, as ``Class(dense_dim=D, slot_dims={slot: dim}, num_tasks=T, **args)``; shared
+pieces (:class:`CTRModel`, :class:`MLP`, interactions) live in :mod:`hier_ps.models.layers`.
 """
 
 from __future__ import annotations
 
-import difflib
-import importlib
-import inspect
+from hier_ps.models.dcn_v2 import DCNv2
+from hier_ps.models.deepfm import DeepFM
+from hier_ps.models.dlrm import DLRM
+from hier_ps.models.fm import FM
+from hier_ps.models.layers import MLP, CTRModel
+from hier_ps.models.lr import LR
+from hier_ps.models.registry import BUILTIN_MODELS, build_model
+from hier_ps.models.wide_deep import WideDeep
 
-from torch import nn
-
-from hier_ps.errors import ConfigError
-from hier_ps.models.builtin import DLRM, FM, LR, DCNv2, DeepFM, WideDeep
-
-__all__ = ["BUILTIN_MODELS", "build_model"]
-
-BUILTIN_MODELS: dict[str, type[nn.Module]] = {
-    "lr": LR,
-    "fm": FM,
-    "wide_deep": WideDeep,
-    "deepfm": DeepFM,
-    "dlrm": DLRM,
-    "dcn_v2": DCNv2,
-}
-
-
-def _resolve(name: str) -> type:
-    if ":" not in name:
-        if name in BUILTIN_MODELS:
-            return BUILTIN_MODELS[name]
-        close = difflib.get_close_matches(name, list(BUILTIN_MODELS), n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise ConfigError(
-            f"model.name: unknown model {name!r}{hint} built-ins are: {', '.join(BUILTIN_MODELS)}; "
-            "or give 'package.module:Class'"
-        )
-    mod_name, _, attr = name.partition(":")
-    try:
-        mod = importlib.import_module(mod_name)
-    except ImportError as e:
-        raise ConfigError(f"model.name: cannot import {mod_name!r} ({e})") from None
-    cls = getattr(mod, attr, None)
-    if cls is None:
-        raise ConfigError(f"model.name: module {mod_name!r} has no attribute {attr!r}")
-    return cls
-
-
-def build_model(
-    name: str, *, dense_dim: int, slot_dims: dict[str, int], num_tasks: int = 1, args: dict | None = None
-) -> nn.Module:
-    """Builds a model by built-in name or ``package.module:Class``.
-
-    Args:
-        name: ``lr``, ``fm``, ``wide_deep``, ``deepfm``, ``dlrm``, ``dcn_v2``, or ``"pkg.mod:Class"``.
-        dense_dim: number of dense features D.
-        slot_dims: slot -> pooled embedding width, in the order the model reads them.
-        num_tasks: number of logits per example.
-        args: the model's own keyword arguments (``model.args``).
-
-    Raises:
-        ConfigError: unknown name, failed import, or bad ``model.args``.
-    """
-    cls = _resolve(name)
-    args = dict(args or {})
-    if cls in BUILTIN_MODELS.values():
-        params = inspect.signature(cls.__init__).parameters
-        allowed = [p for p in params if p not in ("self", "dense_dim", "slot_dims", "num_tasks")]
-        for key in args:
-            if key not in allowed:
-                close = difflib.get_close_matches(key, allowed, n=1)
-                hint = f"; did you mean {close[0]!r}?" if close else ""
-                raise ConfigError(
-                    f"model.args.{key}: not an argument of model {name!r}{hint} "
-                    f"(arguments: {', '.join(allowed) or 'none'})"
-                )
-    try:
-        model = cls(dense_dim=dense_dim, slot_dims=dict(slot_dims), num_tasks=num_tasks, **args)
-    except TypeError as e:
-        raise ConfigError(f"model.args: cannot construct {name!r}: {e}") from None
-    if not isinstance(model, nn.Module):
-        raise ConfigError(f"model.name: {name!r} did not build a torch.nn.Module")
-    return model
+__all__ = ["BUILTIN_MODELS", "DLRM", "FM", "LR", "MLP", "CTRModel", "DCNv2", "DeepFM", "WideDeep", "build_model"]

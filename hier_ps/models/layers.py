@@ -1,0 +1,191 @@
+"""Building blocks shared by the built-in models: the base class, MLPs, slot projection, interactions, arg checks.
+
+Every built-in model derives from :class:`CTRModel`, which validates the inputs every model shares
+(``dense_dim``, ``slot_dims``, ``num_tasks``) and fixes the slot order to the order of ``slot_dims``.
+Custom models may derive from it too, but need not: the trainer only needs the ``forward`` contract.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import nn
+
+from hier_ps.errors import ConfigError
+
+__all__ = [
+    "MLP",
+    "CTRModel",
+    "SlotProjector",
+    "check_positive_int",
+    "check_sizes",
+    "fm_interaction",
+    "most_common_dim",
+    "pairwise_dots",
+]
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_positive_int(value: object, key: str) -> int:
+    """Returns ``value`` if it is an int > 0, else raises ConfigError naming ``model.args.<key>``."""
+    if not _is_int(value) or value <= 0:
+        raise ConfigError(f"model.args.{key}: expected a positive integer, got {value!r}")
+    return value
+
+
+def check_sizes(value: object, key: str, *, allow_empty: bool = True) -> list[int]:
+    """Returns ``value`` as a list of layer sizes, or raises ConfigError naming ``model.args.<key>``.
+
+    Args:
+        value: a list or tuple of positive ints, e.g. ``[256, 128]``.
+        key: the argument name, for the message.
+        allow_empty: whether ``[]`` (no hidden layer) is accepted.
+    """
+    if (
+        not isinstance(value, list | tuple)
+        or not all(_is_int(v) and v > 0 for v in value)
+        or (not value and not allow_empty)
+    ):
+        what = "a list of positive integers" if allow_empty else "a non-empty list of positive integers"
+        raise ConfigError(f"model.args.{key}: expected {what}, got {value!r}")
+    return list(value)
+
+
+def most_common_dim(slot_dims: Mapping[str, int]) -> int:
+    """The most frequent slot dim; ties go to the dim seen first in ``slot_dims`` order (deterministic).
+
+    Example:
+        >>> most_common_dim({"a": 8, "b": 16, "c": 16})
+        16
+    """
+    return Counter(slot_dims.values()).most_common(1)[0][0]
+
+
+class MLP(nn.Sequential):
+    """``Linear`` + ``ReLU`` for each size in ``sizes``; no layers (identity) when ``sizes`` is empty.
+
+    Example:
+        >>> m = MLP(10, [32, 16])
+        >>> m(torch.zeros(4, 10)).shape, m.out_dim
+        (torch.Size([4, 16]), 16)
+    """
+
+    def __init__(self, in_dim: int, sizes: Sequence[int]) -> None:
+        layers: list[nn.Module] = []
+        for size in sizes:
+            layers += [nn.Linear(in_dim, size), nn.ReLU()]
+            in_dim = size
+        super().__init__(*layers)
+        self.out_dim = in_dim
+
+
+class SlotProjector(nn.Module):
+    """Brings every slot vector to width ``k`` and stacks them, in ``slot_dims`` order.
+
+    A slot whose dim differs from ``k`` goes through its own bias-free ``Linear(dim, k)``; a slot of dim ``k`` is used
+    as is. Projections live in a ``ModuleList`` by slot position, so any slot name (dots included) works.
+
+    Example:
+        >>> p = SlotProjector({"a": 4, "b": 8}, k=4)  # only 'b' gets a projection
+        >>> p({"b": torch.zeros(3, 8), "a": torch.zeros(3, 4)}).shape
+        torch.Size([3, 2, 4])
+    """
+
+    def __init__(self, slot_dims: Mapping[str, int], k: int) -> None:
+        super().__init__()
+        self.slots = tuple(slot_dims)
+        self.k = k
+        self.proj = nn.ModuleList(nn.Identity() if d == k else nn.Linear(d, k, bias=False) for d in slot_dims.values())
+
+    def forward(self, sparse: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Returns ``[B, num_slots, k]``."""
+        return torch.stack([p(sparse[s]) for s, p in zip(self.slots, self.proj, strict=True)], dim=1)
+
+
+def fm_interaction(v: torch.Tensor) -> torch.Tensor:
+    """FM second-order term ``Σ_{i<j} <v_i, v_j>`` computed as ``0.5 * ((Σ_i v_i)^2 - Σ_i v_i^2).sum(-1)``.
+
+    Example:
+        >>> fm_interaction(torch.ones(2, 3, 4))  # 3 pairs of dot products 4 each
+        tensor([12., 12.])
+
+    Args:
+        v: ``[B, F, k]`` field vectors.
+
+    Returns:
+        ``[B]``.
+    """
+    return 0.5 * (v.sum(1).pow(2) - v.pow(2).sum(1)).sum(-1)
+
+
+def pairwise_dots(v: torch.Tensor, iu: torch.Tensor) -> torch.Tensor:
+    """Dot products of all vector pairs ``(i, j)``, ``i < j``, in ``torch.triu_indices(F, F, 1)`` order.
+
+    Example:
+        >>> v = torch.ones(2, 3, 4)
+        >>> pairwise_dots(v, torch.triu_indices(3, 3, offset=1))
+        tensor([[4., 4., 4.],
+                [4., 4., 4.]])
+
+    Args:
+        v: ``[B, F, d]`` vectors.
+        iu: ``[2, F*(F-1)/2]`` strict upper-triangle indices of an ``F x F`` matrix.
+
+    Returns:
+        ``[B, F*(F-1)/2]``, pair ``(0, 1)`` first, then ``(0, 2)`` ... ``(F-2, F-1)``.
+    """
+    return torch.bmm(v, v.transpose(1, 2))[:, iu[0], iu[1]]
+
+
+class CTRModel(nn.Module):
+    """Base of the built-in models: validates the shared inputs and reads slots in ``slot_dims`` order.
+
+    Subclasses set ``model_name`` (used in error messages) and implement ``forward``.
+
+    Attributes:
+        dense_dim: D, the number of dense features (0 allowed).
+        slot_dims: slot -> pooled embedding width, in model order.
+        slots: the slot names in model order.
+        num_tasks: T, the number of logits per example.
+        flat_dim: ``D + Σ dims``, the width of :meth:`flat`'s output.
+    """
+
+    model_name = "model"
+
+    def __init__(self, *, dense_dim: int, slot_dims: Mapping[str, int], num_tasks: int = 1) -> None:
+        super().__init__()
+        who = f"model {self.model_name}"
+        if not _is_int(dense_dim) or dense_dim < 0:
+            raise ConfigError(f"{who}: dense_dim must be a non-negative integer, got {dense_dim!r}")
+        if not _is_int(num_tasks) or num_tasks < 1:
+            raise ConfigError(f"{who}: num_tasks must be a positive integer, got {num_tasks!r}")
+        if not isinstance(slot_dims, Mapping) or not slot_dims:
+            raise ConfigError(f"{who}: needs at least one sparse slot, got slot_dims={slot_dims!r}")
+        for slot, dim in slot_dims.items():
+            if not isinstance(slot, str) or not _is_int(dim) or dim <= 0:
+                raise ConfigError(f"{who}: slot {slot!r} must have a positive integer dim, got {dim!r}")
+        self.dense_dim = dense_dim
+        self.slot_dims = dict(slot_dims)
+        self.slots = tuple(slot_dims)
+        self.num_tasks = num_tasks
+        self.flat_dim = dense_dim + sum(self.slot_dims.values())
+
+    def pooled(self, sparse: Mapping[str, torch.Tensor]) -> list[torch.Tensor]:
+        """The pooled slot tensors ``[B, dim_s]`` in model order; a KeyError names a missing slot."""
+        try:
+            return [sparse[s] for s in self.slots]
+        except KeyError as e:
+            raise KeyError(f"sparse input has no slot {e.args[0]!r}; model expects slots {list(self.slots)}") from None
+
+    def flat(self, dense: torch.Tensor, sparse: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """``[dense, pooled_1, ..., pooled_S]`` concatenated: ``[B, D]`` + ``{s: [B, dim_s]}`` -> ``[B, flat_dim]``."""
+        return torch.cat([dense, *self.pooled(sparse)], dim=1)
+
+    def logits(self, out: torch.Tensor) -> torch.Tensor:
+        """``[B, T]`` -> ``[B]`` when ``num_tasks == 1``, else unchanged."""
+        return out.squeeze(-1) if self.num_tasks == 1 else out
