@@ -38,6 +38,7 @@ from hier_ps.config import (
     save_config,
 )
 from hier_ps.data import ParquetReader, generate_synthetic
+from hier_ps.data.synthetic import GENERATOR_VERSION
 from hier_ps.errors import ConfigError, HierPSError, StoreError, StoreLockedError
 from hier_ps.hbm.working_set import TableSpec, WorkingSet, segment_sum
 from hier_ps.hostmem import HostCache
@@ -150,8 +151,19 @@ class Trainer:
     # ------------------------------------------------------------------ setup helpers
     def _ensure_synthetic_data(self) -> None:
         syn = self.cfg.data.synthetic
-        if syn is None or (Path(syn.dir) / "oracle.json").is_file():
+        if syn is None:
             return
+        oracle = Path(syn.dir) / "oracle.json"
+        if oracle.is_file():
+            try:
+                made = json.loads(oracle.read_text())
+            except ValueError:
+                made = {}
+            wanted = {"preset": syn.preset, "seed": syn.seed, "generator_version": GENERATOR_VERSION}
+            wanted.update({k: v for k, v in (("train_rows", syn.train_rows), ("eval_rows", syn.eval_rows)) if v})
+            if all(made.get(k) == v for k, v in wanted.items()):
+                return
+            log.info("synthetic data in %s was made with other settings or generator version: remaking it", syn.dir)
         log.info("generating synthetic data (preset %s, seed %d) into %s ...", syn.preset, syn.seed, syn.dir)
         t0 = time.perf_counter()
         generate_synthetic(

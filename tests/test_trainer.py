@@ -309,3 +309,33 @@ def test_multi_task_and_exact_pass_cuts(tiny_data: dict, tmp_path: Path) -> None
     assert [r["examples"] for r in recs] == [3000] * 6 + [2000]
     assert len(s["eval_auc_per_task"]) == 2 and all(0 < a < 1 for a in s["eval_auc_per_task"])
     assert s["eval_auc"] == pytest.approx(np.mean(s["eval_auc_per_task"]))
+
+
+def test_synthetic_data_is_made_once_and_remade_when_settings_change(tmp_path: Path) -> None:
+    def cfg(seed: int) -> hp.Config:
+        return hp.load_config(
+            {
+                "run": {"dir": str(tmp_path / f"run{seed}")},
+                "data": {
+                    "train": str(tmp_path / "d" / "train"),
+                    "dense": ["I1"],
+                    "sparse": [{"name": "C1"}],
+                    "synthetic": {
+                        "dir": str(tmp_path / "d"),
+                        "preset": "tiny",
+                        "seed": seed,
+                        "train_rows": 500,
+                        "eval_rows": 100,
+                    },
+                },
+                "tables": [{"name": "C1", "dim": 2}],
+                "train": {"device": "cpu", "progress": False},
+            }
+        )
+
+    hp.Trainer(cfg(0)).close()
+    made = (tmp_path / "d" / "oracle.json").stat().st_mtime_ns
+    hp.Trainer(cfg(0)).close()
+    assert (tmp_path / "d" / "oracle.json").stat().st_mtime_ns == made  # same settings: not remade
+    hp.Trainer(cfg(1)).close()
+    assert json.loads((tmp_path / "d" / "oracle.json").read_text())["seed"] == 1

@@ -1,11 +1,15 @@
-"""Streaming Parquet reader: many files, row-group streaming, columns mapped to labels, dense features and slots."""
+"""Streaming Parquet reader: many files, row-group streaming, columns mapped to labels, dense features and slots.
+
+Memory stays at about one chunk plus one Arrow record batch whatever the size of the files: row groups are streamed
+with ``ParquetFile.iter_batches`` and re-cut into chunks of exactly ``chunk_rows`` examples across file boundaries.
+"""
 
 from __future__ import annotations
 
 import glob
+import logging
 import os
 from collections.abc import Iterator, Mapping, Sequence
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -18,35 +22,61 @@ from hier_ps.errors import DataError
 
 __all__ = ["ParquetReader"]
 
+log = logging.getLogger(__name__)
 
-def _expand(paths: str | Sequence[str]) -> list[str]:
+_ON_INVALID = ("error", "skip")
+_DENSE_TRANSFORMS = ("none", "log1p")
+_KEY_EXPECTED = "int32/int64/uint32/uint64, string, binary, or a list of these"
+
+
+def _expand(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]:
+    """Globs, directories and files -> existing files: each item sorted, items in order, duplicates dropped."""
     items = [paths] if isinstance(paths, str | os.PathLike) else list(paths)
-    files: list[str] = []
-    for item in items:
-        item = str(item)
+    if not items:
+        raise DataError("no Parquet files match [] (an empty list of paths)")
+    files: dict[str, None] = {}
+    for item in map(str, items):
         if os.path.isdir(item):
-            found = sorted(glob.glob(os.path.join(item, "*.parquet")))
-        elif any(c in item for c in "*?["):
-            found = sorted(f for f in glob.glob(item) if os.path.isfile(f))
+            found = sorted(f for f in glob.glob(os.path.join(glob.escape(item), "*.parquet")) if os.path.isfile(f))
+        elif glob.has_magic(item):
+            found = sorted(f for f in glob.glob(item, recursive=True) if os.path.isfile(f))
         else:
             found = [item] if os.path.isfile(item) else []
         if not found:
             raise DataError(f"no Parquet files match {item!r}")
-        files.extend(found)
-    return files
+        files.update(dict.fromkeys(found))
+    return list(files)
+
+
+def _value_type(t: pa.DataType) -> pa.DataType:
+    return t.value_type if pa.types.is_dictionary(t) else t
 
 
 def _is_key_type(t: pa.DataType) -> bool:
-    return (pa.types.is_integer(t) or pa.types.is_string(t) or pa.types.is_large_string(t)
-            or pa.types.is_binary(t) or pa.types.is_large_binary(t))
+    t = _value_type(t)
+    return pa.types.is_integer(t) or t in (pa.string(), pa.large_string(), pa.binary(), pa.large_binary())
 
 
 def _is_list(t: pa.DataType) -> bool:
     return pa.types.is_list(t) or pa.types.is_large_list(t)
 
 
-def _scalar_keys(arr: pa.Array) -> np.ndarray:
-    """Non-null values of a key column as uint64 (ints bit-for-bit, strings hashed)."""
+def _check_type(role: str, t: pa.DataType) -> str | None:
+    """None if a column of type `t` can play `role`, else what was expected."""
+    if role == "label":
+        ok = pa.types.is_floating(t) or pa.types.is_integer(t) or pa.types.is_boolean(t)
+        return None if ok else "float, int or bool"
+    if role == "dense":
+        return None if pa.types.is_floating(t) or pa.types.is_integer(t) else "float or int"
+    ok = _is_key_type(t) or (_is_list(t) and _is_key_type(t.value_type))
+    return None if ok else _KEY_EXPECTED
+
+
+def _keys_of(arr: pa.Array) -> np.ndarray:
+    """Keys uint64[n] of a key array without nulls: ints bit for bit (signed via int64), strings hashed."""
+    if pa.types.is_dictionary(arr.type):
+        indices = arr.indices.to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+        return _keys_of(arr.dictionary)[indices]
     t = arr.type
     if pa.types.is_integer(t):
         v = arr.to_numpy(zero_copy_only=False)
@@ -56,85 +86,165 @@ def _scalar_keys(arr: pa.Array) -> np.ndarray:
     return hash_strings(arr)
 
 
+def _bags(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """A slot column -> CSR (offsets int64[n+1], keys uint64[nnz]); null scalars/lists are empty bags."""
+    n = len(arr)
+    if _is_list(arr.type):
+        lengths = pc.list_value_length(arr).fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
+        values = arr.flatten()  # skips the values under null lists and honours slicing
+        if values.null_count:
+            keep = values.is_valid()
+            parents = np.repeat(np.arange(n, dtype=np.int64), lengths)
+            lengths = np.bincount(parents[keep.to_numpy(zero_copy_only=False)], minlength=n).astype(np.int64)
+            values = values.filter(keep)
+    else:
+        if arr.null_count:
+            keep = arr.is_valid()
+            lengths = keep.to_numpy(zero_copy_only=False).astype(np.int64)
+            values = arr.filter(keep)
+        else:
+            lengths, values = np.ones(n, np.int64), arr
+    offsets = np.zeros(n + 1, np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    return offsets, _keys_of(values)
+
+
+def _first(mask: np.ndarray) -> int:
+    return int(np.argmax(mask))
+
+
 class ParquetReader:
     """Reads examples from Parquet files in order, in chunks of a fixed number of examples.
 
+    Column types accepted: labels float/int/bool with values in [0, 1]; dense features float/int (null -> 0.0);
+    slots int (int32/int64/uint32/uint64 and the narrower widths; signed values are reinterpreted bit for bit as
+    uint64 through int64, so -1 is 2^64-1), string/large_string/binary (hashed with :func:`hash_strings`), any of
+    those dictionary-encoded, and list/large_list of those (multi-hot). A null scalar or null list is an empty bag;
+    nulls inside a list are dropped.
+
     Args:
-        paths: a glob pattern, a directory (its ``*.parquet``), a file, or a list of these; sorted per item.
-        label: label columns (one per task): float, int or bool, values in [0, 1].
-        dense: dense feature columns: float or int; nulls read as 0.
-        slots: slot name -> column. Columns: int (reinterpreted as uint64), string/binary (hashed with
-            :func:`hash_strings`), or lists of those (multi-hot). A null value or list is an empty bag; nulls inside a
-            list are dropped.
-        on_invalid: NaN/inf in labels or dense features: ``"error"`` or ``"skip"`` (dropped, counted in num_invalid).
-        dense_transform: ``"none"`` or ``"log1p"`` (sign(x)*log1p(|x|)).
+        paths: a glob pattern (``**`` allowed), a directory (its ``*.parquet``), a file, or a list of these. Each item
+            is expanded and sorted; items keep their order; a file matched twice is read once.
+        label: label columns (one per task).
+        dense: dense feature columns, in model input order (may be empty).
+        slots: slot name -> column. Several slots may read one column.
+        on_invalid: NaN/inf in a label or dense value: ``"error"`` raises :class:`DataError` naming the file, column
+            and row; ``"skip"`` drops the example and counts it in :attr:`num_invalid`.
+        dense_transform: ``"none"`` or ``"log1p"`` (``sign(x) * log1p(|x|)``, for count features like Criteo's).
         read_rows: rows per Arrow record batch read from a file (bounds memory).
 
+    Attributes:
+        files: the files, in reading order.
+        num_rows: total rows of all files, from the Parquet footers (no data read).
+        num_invalid: examples skipped so far because of NaN/inf (``on_invalid="skip"``), over all epochs.
+
     Raises:
-        DataError: no file matches, a file is unreadable, or a column is missing or of the wrong type.
+        DataError: no file matches, a file is not readable Parquet, or a column is missing or of the wrong type
+            (every file's schema is checked up front from its footer).
+        ValueError: an unknown ``on_invalid`` or ``dense_transform``, or ``read_rows < 1``.
+
+    Example:
+        >>> r = ParquetReader("data/demo/train", label=["label"], dense=["I1"], slots={"C1": "C1"})  # doctest: +SKIP
+        >>> for chunk in r.iter_chunks(65536):  # doctest: +SKIP
+        ...     chunk.labels.shape, chunk.sparse["C1"][0].shape  # (65536, 1), (65537,)
     """
 
-    def __init__(self, paths: str | Sequence[str], *, label: Sequence[str], dense: Sequence[str],
-                 slots: Mapping[str, str], on_invalid: str = "error", dense_transform: str = "none",
-                 read_rows: int = 65536) -> None:
-        if on_invalid not in ("error", "skip"):
-            raise ValueError(f"on_invalid must be 'error' or 'skip', got {on_invalid!r}")
-        if dense_transform not in ("none", "log1p"):
-            raise ValueError(f"dense_transform must be 'none' or 'log1p', got {dense_transform!r}")
-        self.label, self.dense, self.slots = list(label), list(dense), dict(slots)
-        self.on_invalid, self.dense_transform, self.read_rows = on_invalid, dense_transform, read_rows
-        self.files = _expand(paths)
+    def __init__(
+        self,
+        paths: str | Sequence[str],
+        *,
+        label: Sequence[str],
+        dense: Sequence[str],
+        slots: Mapping[str, str],
+        on_invalid: str = "error",
+        dense_transform: str = "none",
+        read_rows: int = 65536,
+    ) -> None:
+        if on_invalid not in _ON_INVALID:
+            raise ValueError(f"on_invalid must be one of {_ON_INVALID}, got {on_invalid!r}")
+        if dense_transform not in _DENSE_TRANSFORMS:
+            raise ValueError(f"dense_transform must be one of {_DENSE_TRANSFORMS}, got {dense_transform!r}")
+        if int(read_rows) < 1:
+            raise ValueError(f"read_rows must be >= 1, got {read_rows}")
+        self.label = [str(c) for c in label]
+        self.dense = [str(c) for c in dense]
+        self.slots = {str(s): str(c) for s, c in slots.items()}
+        self.on_invalid = on_invalid
+        self.dense_transform = dense_transform
+        self.read_rows = int(read_rows)
+        self.files: list[str] = _expand(paths)
         self.columns = list(dict.fromkeys([*self.label, *self.dense, *self.slots.values()]))
-        self.num_rows = 0
         self.num_invalid = 0
-        for f in self.files:
-            self.num_rows += self._validate(f)
+        self.num_rows = sum(self._validate(f) for f in self.files)
 
     def _validate(self, path: str) -> int:
+        """Checks a file's schema from its footer; returns its number of rows."""
         try:
             meta = pq.read_metadata(path)
             schema = meta.schema.to_arrow_schema()
-        except Exception as e:  # noqa: BLE001 - any reader failure is a bad file
-            raise DataError(f"{path}: not a readable Parquet file ({type(e).__name__}: {e})") from None
-        names = set(schema.names)
-        roles = [(c, "label", None) for c in self.label] + [(c, "dense", None) for c in self.dense]
-        roles += [(c, "slot", s) for s, c in self.slots.items()]
-        for col, role, slot in roles:
-            what = f"slot {slot}" if slot else role
-            if col not in names:
+        except Exception as e:  # any failure to read a footer means the file is not usable Parquet
+            raise DataError(f"{path}: not a readable Parquet file ({_one_line(e)})") from None
+        roles = [(c, "label", "label") for c in self.label] + [(c, "dense", "dense") for c in self.dense]
+        roles += [(c, "slot", f"slot {s}") for s, c in self.slots.items()]
+        for col, role, what in roles:
+            idx = schema.get_field_index(col)
+            if idx < 0:
                 raise DataError(f"{path}: column {col!r} ({what}) not found; columns are: {', '.join(schema.names)}")
-            t = schema.field(col).type
-            if role == "label":
-                ok, expect = pa.types.is_floating(t) or pa.types.is_integer(t) or pa.types.is_boolean(t), "float/int/bool"
-            elif role == "dense":
-                ok, expect = pa.types.is_floating(t) or pa.types.is_integer(t), "float/int"
-            else:
-                ok = _is_key_type(t) or (_is_list(t) and _is_key_type(t.value_type))
-                expect = "int/string or a list of them"
-            if not ok:
-                raise DataError(f"{path}: column {col!r} ({what}) has type {t}, expected {expect}")
+            t = schema.field(idx).type
+            expected = _check_type(role, t)
+            if expected is not None:
+                raise DataError(f"{path}: column {col!r} ({what}) has type {t}, expected {expected}")
         return meta.num_rows
 
     def iter_chunks(self, chunk_rows: int) -> Iterator[ExampleChunk]:
-        """Yields chunks of exactly `chunk_rows` examples in file order (only the last may be shorter)."""
+        """Yields chunks of exactly ``chunk_rows`` examples in file order; only the last one may be shorter.
+
+        Chunks are cut across file and row-group boundaries; skipped invalid examples do not count. Each call
+        starts again from the first file (a new epoch).
+
+        Raises:
+            DataError: a file cannot be read, or holds an invalid value (see the class docstring).
+            ValueError: ``chunk_rows < 1``.
+        """
+        if int(chunk_rows) < 1:
+            raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
+        chunk_rows = int(chunk_rows)
         pending: list[ExampleChunk] = []
         n_pending = 0
         for path in self.files:
+            for c in self._file_chunks(path):
+                pending.append(c)
+                n_pending += len(c)
+                if n_pending < chunk_rows:
+                    continue
+                whole = ExampleChunk.concat(pending)
+                start = 0
+                while n_pending - start >= chunk_rows:
+                    yield whole.slice(start, start + chunk_rows)
+                    start += chunk_rows
+                # keep the tail as a view; it is copied by the next concat
+                pending = [whole.slice(start, n_pending)] if start < n_pending else []
+                n_pending -= start
+        if n_pending:
+            yield ExampleChunk.concat(pending)
+
+    def _file_chunks(self, path: str) -> Iterator[ExampleChunk]:
+        """The valid examples of one file, one chunk per record batch (empty ones dropped)."""
+        row_base = 0
+        try:
             pf = pq.ParquetFile(path)
-            row_base = 0
-            for rb in pf.iter_batches(batch_size=self.read_rows, columns=self.columns):
+            batches = pf.iter_batches(batch_size=self.read_rows, columns=self.columns)
+            while True:
+                try:
+                    rb = next(batches)
+                except StopIteration:
+                    break
                 c = self._convert(rb, path, row_base)
                 row_base += rb.num_rows
                 if len(c):
-                    pending.append(c)
-                    n_pending += len(c)
-                while n_pending >= chunk_rows:
-                    whole = ExampleChunk.concat(pending)
-                    yield whole.slice(0, chunk_rows)
-                    rest = whole.slice(chunk_rows, len(whole))
-                    pending, n_pending = ([rest] if len(rest) else []), len(rest)
-        if n_pending:
-            yield ExampleChunk.concat(pending)
+                    yield c
+        except (OSError, pa.ArrowException) as e:
+            raise DataError(f"{path}: cannot read rows after row {row_base} ({_one_line(e)})") from None
 
     def _convert(self, rb: pa.RecordBatch, path: str, row_base: int) -> ExampleChunk:
         n = rb.num_rows
@@ -143,52 +253,50 @@ class ParquetReader:
         for j, col in enumerate(self.label):
             arr = rb.column(col)
             if arr.null_count:
-                bad = int(np.flatnonzero(arr.is_null().to_numpy(zero_copy_only=False))[0])
+                bad = _first(arr.is_null().to_numpy(zero_copy_only=False))
                 raise DataError(f"{path}: column {col!r}: null label at row {row_base + bad}")
-            v = arr.cast(pa.float32()).to_numpy(zero_copy_only=False)
+            v = arr.to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
             finite = np.isfinite(v)
             out = finite & ((v < 0) | (v > 1))
             if out.any():
-                bad = int(np.flatnonzero(out)[0])
+                bad = _first(out)
                 raise DataError(f"{path}: column {col!r}: label {v[bad]} outside [0, 1] at row {row_base + bad}")
-            valid &= self._check_finite(finite, path, col, row_base)
+            valid &= self._finite(finite, v, path, col, row_base)
             labels[:, j] = v
         dense = np.empty((n, len(self.dense)), np.float32)
         for j, col in enumerate(self.dense):
-            v = pc.fill_null(rb.column(col), 0).cast(pa.float32()).to_numpy(zero_copy_only=False)
-            valid &= self._check_finite(np.isfinite(v), path, col, row_base)
-            dense[:, j] = v
-        if self.dense_transform == "log1p" and dense.size:
-            dense = np.sign(dense) * np.log1p(np.abs(dense))
-        sparse = {slot: self._bags(rb.column(col)) for slot, col in self.slots.items()}
+            arr = rb.column(col)
+            if arr.null_count:
+                arr = arr.fill_null(0)
+            v = arr.to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
+            if self.dense_transform == "log1p":
+                with np.errstate(invalid="ignore"):
+                    v = np.sign(v) * np.log1p(np.abs(v))
+            with np.errstate(over="ignore"):
+                v32 = v.astype(np.float32)
+            valid &= self._finite(np.isfinite(v32), v, path, col, row_base)
+            dense[:, j] = v32
+        sparse: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        bags_by_column: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        for slot, col in self.slots.items():
+            if col not in bags_by_column:
+                bags_by_column[col] = _bags(rb.column(col))
+            sparse[slot] = bags_by_column[col]
         chunk = ExampleChunk(labels, dense, sparse)
         if not valid.all():
-            self.num_invalid += int((~valid).sum())
+            self.num_invalid += int(n - valid.sum())
             chunk = chunk.take(np.flatnonzero(valid))
         return chunk
 
-    def _check_finite(self, finite: np.ndarray, path: str, col: str, row_base: int) -> np.ndarray:
+    def _finite(self, finite: np.ndarray, v: np.ndarray, path: str, col: str, row_base: int) -> np.ndarray:
         if self.on_invalid == "error" and not finite.all():
-            bad = int(np.flatnonzero(~finite)[0])
-            raise DataError(f"{path}: column {col!r}: NaN/inf at row {row_base + bad} "
-                            "(set data.on_invalid: skip to drop such examples)")
+            bad = _first(~finite)
+            raise DataError(
+                f"{path}: column {col!r}: NaN/inf at row {row_base + bad} (value {v[bad]}); "
+                "on_invalid='skip' drops such examples"
+            )
         return finite
 
-    @staticmethod
-    def _bags(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
-        n = len(arr)
-        if _is_list(arr.type):
-            values = arr.flatten()
-            parents = pc.list_parent_indices(arr).to_numpy(zero_copy_only=False).astype(np.int64)
-            if values.null_count:
-                keep = values.is_valid().to_numpy(zero_copy_only=False)
-                values, parents = values.filter(pa.array(keep)), parents[keep]
-            lengths = np.bincount(parents, minlength=n)
-            keys = _scalar_keys(values)
-        else:
-            present = arr.is_valid().to_numpy(zero_copy_only=False) if arr.null_count else np.ones(n, bool)
-            lengths = present.astype(np.int64)
-            keys = _scalar_keys(arr.filter(pa.array(present)) if arr.null_count else arr)
-        offsets = np.zeros(n + 1, np.int64)
-        np.cumsum(lengths, out=offsets[1:])
-        return offsets, keys
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(f"{type(e).__name__}: {e}".split())
