@@ -294,6 +294,6 @@ def generate_synthetic(
         n_train,
         n_eval,
         out,
-        info["oracle_auc"],
+        "n/a" if info["oracle_auc"] is None else f"{info['oracle_auc']:.4f}",
     )
     return info
