@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
 __all__ = ["RowTier"]
 
 
+@runtime_checkable
 class RowTier(Protocol):
     """Batched row access by key for one tier. Shapes: keys uint64[n], rows float32[n, width(table)].
 
-    Rows are opaque fixed-width float32 records; each table has its own key space and width.
+    Rows are opaque fixed-width float32 records (the trainer packs embedding, optimizer state and metadata into
+    them; tiers never interpret them); each table has its own key space and width. Keys are collision-free.
+    ``isinstance(x, RowTier)`` checks that the methods exist (not their signatures).
     """
 
     def widths(self) -> dict[str, int]:

@@ -9,6 +9,8 @@ with ``np.argpartition`` and write dirty victims back to the backing tier in one
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from hier_ps.tier import RowTier
@@ -34,24 +36,32 @@ class _Slots:
         return len(self.ikeys)
 
     def index_remove(self, keys: np.ndarray) -> None:
-        """Drops resident `keys` from the sorted index (a memmove, no sort)."""
+        """Drops resident `keys` from the sorted index (a memmove, no sort of the index)."""
         keep = np.ones(len(self.ikeys), bool)
-        keep[np.searchsorted(self.ikeys, keys)] = False
+        keep[np.searchsorted(self.ikeys, np.sort(keys))] = False  # sorted queries: cache-friendly search
         self.ikeys, self.islots = self.ikeys[keep], self.islots[keep]
 
     def index_add(self, keys: np.ndarray, slots: np.ndarray) -> None:
         """Adds non-resident `keys` at `slots` to the sorted index (sorts only the new keys)."""
-        order = np.argsort(keys, kind="stable")
+        order = np.argsort(keys)  # keys are unique: any sort is stable
         pos = np.searchsorted(self.ikeys, keys[order])
         self.ikeys = np.insert(self.ikeys, pos, keys[order])
         self.islots = np.insert(self.islots, pos, slots[order])
 
     def lookup(self, keys: np.ndarray) -> np.ndarray:
-        """Slot of each key, -1 when not resident."""
+        """Slot of each key (uint64[n] -> int64[n]), -1 when not resident.
+
+        The keys are searched in sorted order: binary searches then walk the index in one direction and stay in
+        cache (~10x faster than searching 1M random keys in their own order).
+        """
         if not len(self.ikeys):
             return np.full(len(keys), -1, np.int64)
-        pos = np.minimum(np.searchsorted(self.ikeys, keys), len(self.ikeys) - 1)
-        return np.where(self.ikeys[pos] == keys, self.islots[pos], -1)
+        order = np.argsort(keys)  # keys are unique: any sort is stable
+        sk = keys[order]
+        pos = np.minimum(np.searchsorted(self.ikeys, sk), len(self.ikeys) - 1)
+        slots = np.empty(len(keys), np.int64)
+        slots[order] = np.where(self.ikeys[pos] == sk, self.islots[pos], -1)
+        return slots
 
 
 class HostCache:
@@ -59,27 +69,47 @@ class HostCache:
 
     Args:
         backing: the tier below (usually an SSDStore).
-        capacity_bytes: budget for cached rows over all tables; 0 makes the cache a pass-through.
+        capacity_bytes: budget for cached rows over all tables; 0 makes the cache a pass-through. Each table gets
+            ``capacity_bytes // sum(4 * width)`` rows, so that every table can hold the same number of rows.
+
+    Attributes:
+        stats: ``hits``, ``misses`` (keys of reads), ``evictions``, ``rows_written_back`` (evicted or flushed dirty
+            rows), ``hit_rate``, ``resident_rows`` (all tables) and ``resident_rows_by_table`` (table -> rows).
+
+    Example:
+        >>> cache = HostCache(store, 64 << 20)
+        >>> rows, found = cache.read("user", keys)  # keys uint64[n] -> rows float32[n, width], found bool[n]
+        >>> cache.write("user", keys[found], rows[found] + 1)  # resident and dirty
+        >>> cache.flush(); store.commit()
     """
 
     def __init__(self, backing: RowTier, capacity_bytes: int) -> None:
+        if capacity_bytes < 0:
+            raise ValueError(f"capacity_bytes must be >= 0, got {capacity_bytes}")
         self.backing = backing
         self.capacity_bytes = capacity_bytes
         widths = backing.widths()
         per_table_rows = capacity_bytes // max(sum(4 * w for w in widths.values()), 1)
         self.t = {name: _Slots(per_table_rows, w) for name, w in widths.items()}
         self.clock = 0
-        self.stats: dict[str, float] = {
+        self.stats: dict[str, Any] = {
             "hits": 0,
             "misses": 0,
             "evictions": 0,
             "rows_written_back": 0,
             "hit_rate": 0.0,
             "resident_rows": 0,
+            "resident_rows_by_table": dict.fromkeys(self.t, 0),
         }
 
     def widths(self) -> dict[str, int]:
         return {n: s.width for n, s in self.t.items()}
+
+    def _slots(self, table: str) -> _Slots:
+        try:
+            return self.t[table]
+        except KeyError:
+            raise KeyError(f"host cache: unknown table {table!r} (tables: {sorted(self.t)})") from None
 
     def _tick(self) -> int:
         self.clock += 1
@@ -113,8 +143,16 @@ class HostCache:
         s.index_add(keys, slots)
 
     def read(self, table: str, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """-> (rows float32[n, width], found bool[n]); misses come from the backing tier and become resident."""
-        s = self.t[table]
+        """Batched read: hits from RAM, misses from the backing tier in one call; found misses become resident.
+
+        Args:
+            table: table name.
+            keys: uint64[n], unique.
+
+        Returns:
+            (rows float32[n, width], found bool[n]); rows of keys found nowhere are zero (and are not cached).
+        """
+        s = self._slots(table)
         keys = np.asarray(keys, np.uint64)
         clock = self._tick()
         slots = s.lookup(keys)
@@ -139,9 +177,17 @@ class HostCache:
         return rows, found
 
     def write(self, table: str, keys: np.ndarray, rows: np.ndarray) -> None:
-        """Rows become resident and dirty; what does not fit goes straight to the backing tier."""
-        s = self.t[table]
+        """Rows become resident and dirty; what does not fit goes straight to the backing tier.
+
+        Args:
+            table: table name.
+            keys: uint64[n], unique.
+            rows: float32[n, width].
+        """
+        s = self._slots(table)
         keys = np.asarray(keys, np.uint64)
+        if rows.shape != (len(keys), s.width):
+            raise ValueError(f"rows of table {table!r} must be [{len(keys)}, {s.width}], got {rows.shape}")
         clock = self._tick()
         slots = s.lookup(keys)
         hit = slots >= 0
@@ -159,8 +205,8 @@ class HostCache:
         self._update_stats()
 
     def delete(self, table: str, keys: np.ndarray) -> None:
-        """Drops keys from the cache and from the backing tier."""
-        s = self.t[table]
+        """Drops keys (uint64[n]) from the cache and from the backing tier."""
+        s = self._slots(table)
         keys = np.asarray(keys, np.uint64)
         slots = s.lookup(keys)
         slots = slots[slots >= 0]
@@ -187,4 +233,6 @@ class HostCache:
     def _update_stats(self) -> None:
         total = self.stats["hits"] + self.stats["misses"]
         self.stats["hit_rate"] = self.stats["hits"] / total if total else 0.0
-        self.stats["resident_rows"] = sum(s.resident for s in self.t.values())
+        by_table = {n: s.resident for n, s in self.t.items()}
+        self.stats["resident_rows"] = sum(by_table.values())
+        self.stats["resident_rows_by_table"] = by_table

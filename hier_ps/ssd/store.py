@@ -6,15 +6,22 @@ Layout of a store directory::
     manifest.<gen>.json          one per commit, written last (temp + fsync + rename + fsync dir): per table its
                                  width, data file, committed row count, base index and the list of index deltas
     <table>.<epoch>.rows         append-only rows: width float32 + one uint32 checksum each; never overwritten
-    <table>.base.<gen>.bin       full key index written by compaction: uint64 keys, int64 slots
+    <table>.base.<gen>.bin       full key index (compaction, or a commit after 64 deltas): uint64 keys, int64 slots
     <table>.delta.<gen>.bin      what one commit changed: keys put (with their slots) and keys deleted
 
-A write appends rows and updates the in-memory index; a commit writes only what changed since the previous commit
-(the new rows' fsync, one small delta file per table, the manifest), so its cost does not grow with the store. Opening
-replays base + deltas of the chosen generation (each file's crc32 is in the manifest) and cuts every data file back to
-that generation's committed length: after a crash at any instant the store opens at exactly a committed state. Every
-row carries a checksum verified when it is read. Compaction rewrites the live rows in key order into a new data file
-and a base index; the old files stay while an older generation that needs them is retained (see ``retain``).
+A write appends rows and updates the in-memory index (see :mod:`hier_ps.ssd.table`, which also holds the read path);
+a commit writes only what changed since the previous commit (fsync of the new rows, one small delta file per table,
+the manifest), so its cost does not grow with the store. Opening replays base + deltas of the chosen generation in one
+vectorized pass (each file's crc32 is in the manifest) and cuts every data file back to that generation's committed
+length: after a crash at any instant the store opens at exactly a committed state. Every row carries a checksum
+verified when it is read. Compaction rewrites the live rows in key order into a new data file and a base index; the
+old files stay while an older generation that needs them is retained (see ``retain``).
+
+Example:
+    >>> with SSDStore("/data/store", {"user": 84}) as store:  # table -> row width (float32)
+    ...     store.write("user", keys, rows)  # keys uint64[n], rows float32[n, 84]
+    ...     store.commit()  # durable, all together
+    ...     rows, found = store.read("user", keys)  # rows float32[n, 84] in the order of keys, found bool[n]
 """
 
 from __future__ import annotations
@@ -27,18 +34,23 @@ import re
 import shutil
 import threading
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
 from hier_ps.errors import StoreError, StoreLockedError
-from hier_ps.ssd.files import WriteHook, atomic_write, fsync_dir, row_checksums, write_at
+from hier_ps.ssd.files import WriteHook, atomic_write, fsync_dir
+from hier_ps.ssd.table import DataFile, KeyIndex
 
 __all__ = ["SSDStore"]
 
 log = logging.getLogger("hier_ps")
 
 FORMAT = 2
+_COMPACT_ROWS = 1 << 18  # rows per read+append step of compaction
+_POOL_MIN_ROWS = 4096  # smaller reads stay in the calling thread
+_MAX_DELTAS = 64  # index deltas per table before a commit writes a full index instead
 _MANIFEST = re.compile(r"manifest\.(\d+)\.json")
 
 
@@ -51,103 +63,57 @@ def _safe(name: str) -> str:
 
 
 class _Table:
-    """One table: its data file and key index."""
+    """One table as the store sees it: its manifest entry (data file, base index, deltas), index and data file.
+
+    Construction loads and checks everything (crc of each index file, the data file's size) but opens nothing, so
+    that a failed open changes nothing on disk; :meth:`open` then opens the data file, cutting uncommitted rows.
+    """
 
     def __init__(self, store: SSDStore, name: str, width: int, entry: dict | None) -> None:
-        self.store, self.name, self.width = store, name, width
-        self.row_bytes = 4 * (width + 1)
+        self.name, self.width = name, width
         self.data = entry["data"] if entry else f"{_safe(name)}.0.rows"
         self.path = store.dir / self.data
         self.base = entry["base"] if entry else None
         self.deltas: list[dict] = list(entry["deltas"]) if entry else []
-        committed = entry["rows"] if entry else 0
-        self.keys, self.slots = np.zeros(0, np.uint64), np.zeros(0, np.int64)
+        self.committed = entry["rows"] if entry else 0
+        self.touched: list[np.ndarray] = []
+        self.index = KeyIndex()
         if self.base:
             k, s = store.read_index(self.base)
-            self.keys, self.slots = k, s.view(np.int64)
-        for d in self.deltas:
-            put_k, put_s, dels = store.read_delta(d)
-            self._put(put_k, put_s)
-            self._delete(dels)
-        self.touched: list[np.ndarray] = []
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        size = os.fstat(self.fd).st_size
-        if size < committed * self.row_bytes:
-            os.close(self.fd)
+            self.index = KeyIndex(k, s.view(np.int64))
+        if self.deltas:
+            self._replay([store.read_delta(d) for d in self.deltas])
+        need = self.committed * 4 * (width + 1)
+        size = self.path.stat().st_size if self.path.exists() else 0
+        if size < need:
             raise StoreError(
-                f"{self.path}: data file holds {size} bytes, its last commit needs "
-                f"{committed * self.row_bytes} (truncated store)"
+                f"{self.path}: data file holds {size} bytes, its last commit needs {need} (truncated store)"
             )
-        if size > committed * self.row_bytes:
-            os.ftruncate(self.fd, committed * self.row_bytes)  # rows written after that commit
-        self.n_slots = committed
-        self._map: np.memmap | None = None
+        self.file: DataFile | None = None
 
-    def _put(self, keys: np.ndarray, slots: np.ndarray) -> None:
-        """Index keys at slots (new arrays, so concurrent readers keep a consistent snapshot)."""
-        if not len(keys):
-            return
-        pos = np.searchsorted(self.keys, keys)
-        found = pos < len(self.keys)
-        found[found] = self.keys[pos[found]] == keys[found]
-        new_slots = self.slots.copy()
-        new_slots[pos[found]] = slots[found]
-        add = np.flatnonzero(~found)
-        if len(add):
-            order = add[np.argsort(keys[add], kind="stable")]
-            ins = np.searchsorted(self.keys, keys[order])
-            self.keys, self.slots = np.insert(self.keys, ins, keys[order]), np.insert(new_slots, ins, slots[order])
-        else:
-            self.slots = new_slots
+    def _replay(self, deltas: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> None:
+        """Applies index deltas (oldest first) in one go: the last one to touch a key decides its fate."""
+        keys = np.concatenate([np.concatenate([p, d]) for p, _, d in deltas])
+        slots = np.concatenate([np.concatenate([s, np.full(len(d), -1, np.int64)]) for _, s, d in deltas])
+        seq = np.repeat(np.arange(len(deltas)), [len(p) + len(d) for p, _, d in deltas])
+        order = np.lexsort((seq, keys))  # by key, then by delta
+        last = order[np.r_[keys[order][1:] != keys[order][:-1], True]]
+        dead = slots[last] < 0
+        self.index.remove(keys[last[dead]])
+        self.index.put(keys[last[~dead]], slots[last[~dead]])
 
-    def _delete(self, keys: np.ndarray) -> None:
-        if not len(keys) or not len(self.keys):
-            return
-        pos = np.minimum(np.searchsorted(self.keys, keys), len(self.keys) - 1)
-        hit = pos[self.keys[pos] == keys]
-        if len(hit):
-            keep = np.ones(len(self.keys), bool)
-            keep[hit] = False
-            self.keys, self.slots = self.keys[keep], self.slots[keep]
+    def open(self) -> None:
+        self.file = DataFile(self.path, self.width, self.committed)
 
-    def lookup(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """-> (slots int64[n], found bool[n]) from one snapshot of the index."""
-        k, s = self.keys, self.slots
-        if not len(k):
-            return np.zeros(len(keys), np.int64), np.zeros(len(keys), bool)
-        pos = np.minimum(np.searchsorted(k, keys), len(k) - 1)
-        found = k[pos] == keys
-        return s[pos], found
-
-    def rows_at(self, slots: np.ndarray) -> np.ndarray:
-        """Rows at `slots` (int64[m], in that order) -> float32[m, width], checksum-verified.
-
-        One gather from the memory map; no sort: in-page-cache reads gain nothing from it, and an NVMe drive serves
-        the 4 KiB pages of a pass in any order.
-        """
-        n = self.n_slots
-        if self._map is None or self._map.shape[0] < n:
-            self._map = np.memmap(self.path, np.float32, "r", shape=(n, self.width + 1)) if n else None
-        if not len(slots):
-            return np.zeros((0, self.width), np.float32)
-        raw = np.asarray(self._map[slots])
-        bad = row_checksums(raw[:, : self.width]) != raw[:, self.width].view(np.uint32)
-        if bad.any():
-            raise StoreError(f"{self.path}: checksum mismatch in row {int(slots[np.argmax(bad)])} (corrupt data file)")
-        return raw[:, : self.width]
-
-    def append(self, rows: np.ndarray) -> np.ndarray:
-        packed = np.empty((len(rows), self.width + 1), np.float32)
-        packed[:, : self.width] = rows
-        packed[:, self.width] = row_checksums(packed[:, : self.width]).view(np.float32)
-        write_at(self.fd, self.path, packed.tobytes(), self.n_slots * self.row_bytes, self.store.write_hook)
-        slots = np.arange(self.n_slots, self.n_slots + len(rows), dtype=np.int64)
-        self.n_slots += len(rows)
-        return slots
+    @property
+    def f(self) -> DataFile:
+        assert self.file is not None, "table not opened"
+        return self.file
 
     def close(self) -> None:
-        self._map = None
-        os.close(self.fd)
+        if self.file is not None:
+            self.file.close()
+            self.file = None
 
 
 class SSDStore:
@@ -158,6 +124,8 @@ class SSDStore:
         widths: table -> row width (float32 units). Tables missing from the store are added; tables in the store
             but not here are kept untouched.
         generation: open this committed generation instead of the newest (later ones are discarded).
+        read_threads: threads a large read uses to keep several I/Os in flight (default: the CPU count, at most
+            8); 1 reads in the calling thread only.
 
     Raises:
         StoreLockedError: another process (or another SSDStore) has the directory open.
@@ -165,7 +133,14 @@ class SSDStore:
             width differs from the store's.
     """
 
-    def __init__(self, directory: str | Path, widths: dict[str, int], *, generation: int | None = None) -> None:
+    def __init__(
+        self,
+        directory: str | Path,
+        widths: dict[str, int],
+        *,
+        generation: int | None = None,
+        read_threads: int | None = None,
+    ) -> None:
         self.dir = Path(directory)
         self.dir.mkdir(parents=True, exist_ok=True)
         self._lock_fd: int | None = os.open(self.dir / "LOCK", os.O_RDWR | os.O_CREAT, 0o644)
@@ -182,6 +157,8 @@ class SSDStore:
         self.tables: dict[str, _Table] = {}
         self._mutex = threading.Lock()
         self._failed: str | None = None
+        self._read_threads = read_threads if read_threads is not None else min(8, os.cpu_count() or 1)
+        self._pool: ThreadPoolExecutor | None = None
         try:
             self._open(widths, generation)
         except BaseException:
@@ -211,21 +188,27 @@ class SSDStore:
                 raise StoreError(f"{path}: store format {manifest.get('format')}, this version reads {FORMAT}")
         self.generation = gen
         self._entries: dict[str, dict] = dict(manifest["tables"])
+        mpath = self.dir / _manifest_name(gen)
         for name, width in widths.items():
             entry = self._entries.get(name)
-            if entry is not None and entry["width"] != width:
-                raise StoreError(
-                    f"store '{self.dir}': table {name!r} has row width {entry['width']} on disk but "
-                    f"{width} in the config (dim or optimizer changed?)"
-                )
-            self.tables[name] = _Table(self, name, width, entry)
-        self._discard_after(gen)
-
-    def _discard_after(self, gen: int) -> None:
-        """Removes manifests newer than `gen` (abandoned by opening `gen`) and files no manifest references."""
-        for g in self.generations():
-            if g > gen:
-                (self.dir / _manifest_name(g)).unlink()
+            try:
+                if entry is not None and entry["width"] != width:
+                    raise StoreError(
+                        f"store '{self.dir}': table {name!r} has row width {entry['width']} on disk but "
+                        f"{width} in the config (dim or optimizer changed?)"
+                    )
+                self.tables[name] = _Table(self, name, width, entry)
+            except (KeyError, TypeError, ValueError, AttributeError):
+                raise StoreError(f"{mpath}: corrupt manifest (entry of table {name!r})") from None
+        # Only now that every table has loaded: forget later generations (durably) before cutting data files back
+        # to this one, so that no surviving manifest ever points past the end of a data file.
+        later = [g for g in self.generations() if g > gen]
+        for g in later:
+            (self.dir / _manifest_name(g)).unlink()
+        if later:
+            fsync_dir(self.dir)
+        for t in self.tables.values():
+            t.open()
         self._cleanup()
 
     def _cleanup(self) -> None:
@@ -257,14 +240,17 @@ class SSDStore:
     def read_index(self, entry: dict) -> tuple[np.ndarray, np.ndarray]:
         """A base index file -> (keys uint64[n], slots as uint64[n]), crc-checked."""
         data = self._read_checked(entry)
+        if len(data) % 16:
+            raise StoreError(f"{self.dir / entry['file']}: malformed index file")
         arr = np.frombuffer(data, np.uint64).reshape(2, -1) if data else np.zeros((2, 0), np.uint64)
         return arr[0].copy(), arr[1].copy()
 
     def read_delta(self, entry: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """A delta file -> (put keys uint64, put slots int64, deleted keys uint64), crc-checked."""
-        data = np.frombuffer(self._read_checked(entry), np.uint64)
-        n_put, n_del = int(data[0]), int(data[1])
-        if len(data) != 2 + 2 * n_put + n_del:
+        raw = self._read_checked(entry)
+        data = np.frombuffer(raw[: len(raw) // 8 * 8], np.uint64)
+        n_put, n_del = (int(data[0]), int(data[1])) if len(data) >= 2 else (-1, -1)
+        if len(raw) % 8 or len(data) != 2 + 2 * n_put + n_del:
             raise StoreError(f"{self.dir / entry['file']}: malformed index delta")
         body = data[2:]
         return body[:n_put].copy(), body[n_put : 2 * n_put].view(np.int64).copy(), body[2 * n_put :].copy()
@@ -299,24 +285,48 @@ class SSDStore:
             raise StoreError(f"store '{self.dir}' failed earlier ({self._failed}); reopen it to get its last commit")
 
     def read(self, table: str, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """-> (rows float32[n, width], found bool[n]); rows not found are zero. Safe beside a running write."""
+        """Batched read; safe beside a running write (it reads one snapshot of the index).
+
+        Args:
+            table: table name.
+            keys: uint64[n], unique.
+
+        Returns:
+            (rows float32[n, width], found bool[n]) in the order of `keys`; rows not found are zero. Rows written
+            since the last commit are seen. When every key is found, `rows` is a strided view (rows
+            ``4 * (width + 1)`` bytes apart: the on-disk records without their checksums), which saves a copy;
+            ``np.ascontiguousarray`` makes it contiguous where that matters.
+        """
         t = self._table(table)
         keys = np.asarray(keys, np.uint64)
         with self._mutex:
-            slots, found = t.lookup(keys)
-        if found.all():
-            rows = t.rows_at(slots)
+            slots, found = t.index.lookup(keys)
+        hit = np.flatnonzero(found)
+        pool = self._reader_pool() if len(hit) >= _POOL_MIN_ROWS else None
+        if len(hit) == len(keys):
+            rows = t.f.gather(slots, pool)
         else:
             rows = np.zeros((len(keys), t.width), np.float32)
-            rows[found] = t.rows_at(slots[found])
-        n = int(found.sum())
-        if n:
-            self.stats["rows_read"] += n
-            self.stats["bytes_read"] += n * t.row_bytes
+            rows[hit] = t.f.gather(slots[hit], pool)
+        if len(hit):
+            self.stats["rows_read"] += len(hit)
+            self.stats["bytes_read"] += len(hit) * t.f.row_bytes
         return rows, found
 
+    def _reader_pool(self) -> ThreadPoolExecutor | None:
+        with self._mutex:  # reads may come from several threads
+            if self._pool is None and self._read_threads > 1:
+                self._pool = ThreadPoolExecutor(self._read_threads, thread_name_prefix="ssd-read")
+            return self._pool
+
     def write(self, table: str, keys: np.ndarray, rows: np.ndarray) -> None:
-        """Appends rows and points the index at them; durable at the next commit."""
+        """Appends rows and points the index at them; durable at the next commit.
+
+        Args:
+            table: table name.
+            keys: uint64[n], unique.
+            rows: float32[n, width].
+        """
         self._check_usable()
         t = self._table(table)
         keys = np.asarray(keys, np.uint64)
@@ -325,23 +335,23 @@ class SSDStore:
         if rows.shape != (len(keys), t.width):
             raise ValueError(f"rows of table {table!r} must be [{len(keys)}, {t.width}], got {rows.shape}")
         try:
-            slots = t.append(rows)
+            slots = t.f.append(rows, self.write_hook)
         except StoreError as e:
             self._failed = str(e)
             raise
         with self._mutex:
-            t._put(keys, slots)
+            t.index.put(keys, slots)
             t.touched.append(keys)
         self.stats["rows_written"] += len(keys)
-        self.stats["bytes_written"] += len(keys) * t.row_bytes
+        self.stats["bytes_written"] += len(keys) * t.f.row_bytes
 
     def delete(self, table: str, keys: np.ndarray) -> None:
-        """Removes keys (durable at the next commit; their bytes are reclaimed by compaction)."""
+        """Removes keys (uint64[n]; absent ones are ignored). Durable at the next commit; compaction reclaims space."""
         self._check_usable()
         t = self._table(table)
         keys = np.asarray(keys, np.uint64)
         with self._mutex:
-            t._delete(keys)
+            t.index.remove(keys)
             t.touched.append(keys)
 
     # ------------------------------------------------------------------ durability
@@ -356,11 +366,13 @@ class SSDStore:
         entries = dict(self._entries)
         try:
             for name, t in self.tables.items():
-                os.fsync(t.fd)
-                deltas = list(t.deltas)
-                if t.touched:
+                os.fsync(t.f.fd)  # rows before the manifest that points at them
+                deltas, base = list(t.deltas), t.base
+                if t.touched and len(deltas) >= _MAX_DELTAS:  # fold: opening then replays at most _MAX_DELTAS
+                    base, deltas = self._write_base(name, gen, t.index.keys, t.index.slots.view(np.uint64)), []
+                elif t.touched:
                     touched = np.unique(np.concatenate(t.touched))
-                    slots, live = t.lookup(touched)
+                    slots, live = t.index.lookup(touched)
                     put_k, put_s, dels = touched[live], slots[live], touched[~live]
                     data = np.concatenate(
                         [np.array([len(put_k), len(dels)], np.uint64), put_k, put_s.view(np.uint64), dels]
@@ -371,10 +383,10 @@ class SSDStore:
                 entries[name] = {
                     "width": t.width,
                     "data": t.data,
-                    "rows": t.n_slots,
-                    "base": t.base,
+                    "rows": t.f.n_slots,
+                    "base": base,
                     "deltas": deltas,
-                    "live": len(t.keys),
+                    "live": len(t.index),
                 }
             fsync_dir(self.dir)
             manifest = {"format": FORMAT, "generation": gen, "tables": entries}
@@ -384,10 +396,18 @@ class SSDStore:
             self._failed = str(e)
             raise
         for name, t in self.tables.items():
-            t.deltas, t.touched = entries[name]["deltas"], []
+            e = entries[name]
+            t.deltas, t.base, t.touched, t.committed = e["deltas"], e["base"], [], e["rows"]
         self.generation, self._entries = gen, entries
         self.stats["commits"] += 1
         return gen
+
+    def _write_base(self, table: str, gen: int, keys: np.ndarray, slots: np.ndarray) -> dict:
+        """Writes a full index file (uint64 keys[m], then slots[m]) -> its manifest entry."""
+        index = np.concatenate([keys, slots]).tobytes()
+        file = f"{_safe(table)}.base.{gen:010d}.bin"
+        atomic_write(self.dir / file, index, self.write_hook)
+        return {"file": file, "crc32": zlib.crc32(index)}
 
     def compact(self) -> int:
         """Rewrites live rows in key order into fresh data files with a base index; reclaims stale rows.
@@ -408,23 +428,26 @@ class SSDStore:
         gen = self.generation + 1
         entries = dict(self._entries)
         for name, t in self.tables.items():
-            rows = t.rows_at(t.slots)  # verifies every live row's checksum on the way
+            keys, slots = t.index.keys, t.index.slots
             epoch = int(t.data.rsplit(".", 2)[-2]) + 1
             data_file = f"{_safe(name)}.{epoch}.rows"
-            packed = np.empty((len(rows), t.width + 1), np.float32)
-            packed[:, : t.width] = rows
-            packed[:, t.width] = row_checksums(rows).view(np.float32)
-            atomic_write(self.dir / data_file, packed.tobytes(), self.write_hook)
-            index = np.stack([t.keys, np.arange(len(t.keys), dtype=np.uint64)]).tobytes() if len(t.keys) else b""
-            base_file = f"{_safe(name)}.base.{gen:010d}.bin"
-            atomic_write(self.dir / base_file, index, self.write_hook)
+            tmp = self.dir / (data_file + ".tmp")
+            out = DataFile(tmp, t.width, 0)
+            try:
+                for a in range(0, len(keys), _COMPACT_ROWS):  # bounded memory, whatever the table's size
+                    rows = t.f.gather(slots[a : a + _COMPACT_ROWS], self._reader_pool())  # checksums verified
+                    out.append(rows, self.write_hook)
+                os.fsync(out.fd)
+            finally:
+                out.close()
+            os.replace(tmp, self.dir / data_file)
             entries[name] = {
                 "width": t.width,
                 "data": data_file,
-                "rows": len(rows),
-                "base": {"file": base_file, "crc32": zlib.crc32(index)},
+                "rows": len(keys),
+                "base": self._write_base(name, gen, keys, np.arange(len(keys), dtype=np.uint64)),
                 "deltas": [],
-                "live": len(t.keys),
+                "live": len(keys),
             }
         fsync_dir(self.dir)
         atomic_write(
@@ -438,25 +461,27 @@ class SSDStore:
             t.close()
         self.generation, self._entries = gen, entries
         self.tables = {n: _Table(self, n, w, entries[n]) for n, w in widths.items()}
+        for t in self.tables.values():
+            t.open()
         self._cleanup()
         return gen
 
     # ------------------------------------------------------------------ inspection and lifetime
     def keys(self, table: str) -> np.ndarray:
         """All live keys of `table`, sorted (uint64)."""
-        return self._table(table).keys.copy()
+        return self._table(table).index.keys.copy()
 
     def num_rows(self, table: str) -> int:
         """Live rows of `table`."""
-        return len(self._table(table).keys)
+        return len(self._table(table).index)
 
     def stale_rows(self) -> int:
         """Rows on disk that no key points at any more (reclaimed by compact)."""
-        return sum(t.n_slots - len(t.keys) for t in self.tables.values())
+        return sum(t.f.n_slots - len(t.index) for t in self.tables.values())
 
     def total_rows(self) -> int:
         """Rows on disk, live or stale."""
-        return sum(t.n_slots for t in self.tables.values())
+        return sum(t.f.n_slots for t in self.tables.values())
 
     @staticmethod
     def destroy(directory: str | Path) -> None:
@@ -482,6 +507,9 @@ class SSDStore:
 
     def close(self) -> None:
         """Closes files and releases the lock (does not commit: uncommitted writes are dropped at the next open)."""
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
         for t in self.tables.values():
             t.close()
         self.tables = {}

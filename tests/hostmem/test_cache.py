@@ -9,18 +9,21 @@ from hypothesis import strategies as st
 
 from hier_ps.hostmem import HostCache
 from hier_ps.ssd import SSDStore
+from hier_ps.tier import RowTier
 
 
 class DictTier:
-    """A RowTier over a dict that counts calls."""
+    """A RowTier over a dict (the model) that counts rows written and calls made."""
 
     def __init__(self, widths: dict[str, int]) -> None:
         self.w, self.d, self.writes = widths, {t: {} for t in widths}, 0
+        self.calls = {"read": 0, "write": 0, "delete": 0}
 
     def widths(self) -> dict[str, int]:
         return dict(self.w)
 
     def read(self, table, keys):
+        self.calls["read"] += 1
         rows = np.zeros((len(keys), self.w[table]), np.float32)
         found = np.array([int(k) in self.d[table] for k in keys], bool)
         for i, k in enumerate(keys.tolist()):
@@ -29,11 +32,13 @@ class DictTier:
         return rows, found
 
     def write(self, table, keys, rows):
+        self.calls["write"] += 1
         self.writes += len(keys)
         for k, r in zip(keys.tolist(), rows, strict=True):
             self.d[table][k] = r.copy()
 
     def delete(self, table, keys):
+        self.calls["delete"] += 1
         for k in keys.tolist():
             self.d[table].pop(k, None)
 
@@ -42,7 +47,7 @@ ops = st.lists(
     st.tuples(
         st.sampled_from(["read", "write", "delete", "flush"]),
         st.sampled_from(["a", "b"]),
-        st.lists(st.integers(0, 20), min_size=1, max_size=10, unique=True),
+        st.lists(st.integers(0, 25), min_size=1, max_size=10, unique=True),
         st.integers(0, 50),
     ),
     max_size=30,
@@ -74,9 +79,13 @@ def test_matches_dict_model(ops: list, cap_rows: int) -> None:
         assert [float(r[0]) for r, f in zip(rows, found, strict=True) if f] == [
             model[t][x] for x in keys if x in model[t]
         ]
-        for name, w in widths.items():
-            assert cache.resident(name) * 4 * w <= capacity * w / 4  # each table's share of the budget
-        assert cache.stats["resident_rows"] * 4 * 4 <= capacity * 2
+        resident_bytes = sum(cache.resident(name) * 4 * w for name, w in widths.items())
+        assert resident_bytes <= capacity
+        assert all(cache.resident(name) <= cap_rows for name in widths)  # each table's share: cap_rows rows
+        assert cache.stats["resident_rows_by_table"] == {n: cache.resident(n) for n in widths}
+        for name in widths:  # what is cached is what the model holds (not-found keys are never cached)
+            res = cache.t[name]
+            assert set(res.ikeys.tolist()) <= set(model[name])
     cache.flush()
     for t in widths:
         assert {x: float(r[0]) for x, r in backing.d[t].items()} == model[t]
@@ -119,3 +128,86 @@ def test_big_batches_over_capacity(cap_rows: int) -> None:
     assert found.all() and (rows[:, 0] == k[::-1]).all()
     cache.flush()
     assert len(backing.d["a"]) == 50
+
+
+@settings(max_examples=25, deadline=None)
+@given(ops=ops, cap_rows=st.integers(0, 6))
+def test_over_an_ssd_store_matches_dict_model(
+    tmp_path_factory: pytest.TempPathFactory, ops: list, cap_rows: int
+) -> None:
+    widths = {"a": 3, "b": 1}
+    model: dict[str, dict[int, float]] = {"a": {}, "b": {}}
+    with SSDStore(tmp_path_factory.mktemp("c"), widths) as store:
+        cache = HostCache(store, cap_rows * 4 * (3 + 1))
+        for op, t, keys, val in ops:
+            k = np.array(keys, np.uint64)
+            if op == "write":
+                cache.write(t, k, np.full((len(k), widths[t]), val, np.float32))
+                model[t].update(dict.fromkeys(keys, float(val)))
+            elif op == "delete":
+                cache.delete(t, k)
+                for x in keys:
+                    model[t].pop(x, None)
+            elif op == "flush":
+                cache.flush()
+                store.commit()
+            rows, found = cache.read(t, k)
+            assert found.tolist() == [x in model[t] for x in keys]
+            assert rows[found][:, 0].tolist() == [model[t][x] for x in keys if x in model[t]]
+            assert not rows[~found].any()
+        cache.flush()
+        for t in widths:
+            assert store.keys(t).tolist() == sorted(model[t])
+            assert store.read(t, store.keys(t))[0][:, 0].tolist() == [model[t][x] for x in sorted(model[t])]
+
+
+def test_budget_split_gives_every_table_the_same_rows() -> None:
+    backing = DictTier({"wide": 30, "narrow": 2})
+    cache = HostCache(backing, 5 * 4 * (30 + 2) + 100)  # 5 rows each, 100 bytes spare (not enough for a 6th)
+    k = np.arange(10, dtype=np.uint64)
+    cache.write("wide", k, np.ones((10, 30), np.float32))
+    cache.write("narrow", k, np.ones((10, 2), np.float32))
+    assert cache.stats["resident_rows_by_table"] == {"wide": 5, "narrow": 5}
+    assert cache.resident("wide") * 120 + cache.resident("narrow") * 8 <= cache.capacity_bytes
+
+
+def test_batched_backing_calls_and_counters() -> None:
+    backing = DictTier({"a": 2})
+    cache = HostCache(backing, 4 * 8)  # 4 rows
+    k = np.arange(100, dtype=np.uint64)
+    backing.write("a", k[:50], np.ones((50, 2), np.float32))
+    backing.calls["write"] = backing.writes = 0
+    _, found = cache.read("a", k[:8])  # 8 misses: one backing read; the last 4 found rows become resident
+    assert backing.calls == {"read": 1, "write": 0, "delete": 0} and cache.resident("a") == 4
+    cache.write("a", k[4:8], np.full((4, 2), 5, np.float32))  # 4 hits, dirty
+    _, found = cache.read("a", k[40:60])  # 20 misses (10 found): one read, one write-back of 4 dirty rows
+    assert backing.calls == {"read": 2, "write": 1, "delete": 0} and backing.writes == 4
+    assert found.sum() == 10 and (backing.d["a"][7] == 5).all()
+    assert set(cache.t["a"].ikeys.tolist()) == {46, 47, 48, 49}  # not-found keys 50..59 are not cached
+    st = cache.stats
+    assert (st["hits"], st["misses"], st["evictions"], st["rows_written_back"]) == (0, 28, 4, 4)
+    cache.read("a", k[46:50])
+    assert cache.stats["hits"] == 4 and cache.stats["hit_rate"] == pytest.approx(4 / 32)
+    cache.delete("a", k[46:48])
+    assert cache.resident("a") == 2 and 46 not in backing.d["a"] and backing.calls["delete"] == 1
+
+
+def test_tiers_implement_the_protocol(tmp_path: Path) -> None:
+    with SSDStore(tmp_path, {"a": 1}) as store:
+        assert isinstance(store, RowTier) and isinstance(HostCache(store, 0), RowTier)
+
+
+def test_not_found_keys_are_not_cached() -> None:
+    cache = HostCache(DictTier({"a": 1}), 4 * 10)
+    rows, found = cache.read("a", np.arange(5, dtype=np.uint64))
+    assert not found.any() and not rows.any() and cache.resident("a") == 0
+
+
+def test_bad_arguments() -> None:
+    with pytest.raises(ValueError, match="capacity_bytes must be >= 0"):
+        HostCache(DictTier({"a": 1}), -1)
+    cache = HostCache(DictTier({"a": 2}), 64)
+    with pytest.raises(ValueError, match=r"rows of table 'a' must be \[3, 2\]"):
+        cache.write("a", np.arange(3, dtype=np.uint64), np.zeros((3, 3), np.float32))
+    with pytest.raises(KeyError, match="unknown table 'b'"):
+        cache.read("b", np.arange(3, dtype=np.uint64))

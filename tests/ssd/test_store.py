@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import errno
+import json
 import os
 import signal
 import subprocess
@@ -107,7 +108,7 @@ def test_width_mismatch_and_corruption(tmp_path: Path) -> None:
 
 ops = st.lists(
     st.tuples(
-        st.sampled_from(["write", "delete", "commit", "reopen", "crash"]),
+        st.sampled_from(["write", "delete", "commit", "reopen", "compact"]),
         st.lists(st.integers(0, 30), min_size=1, max_size=8, unique=True),
         st.integers(0, 100),
     ),
@@ -138,7 +139,7 @@ def test_matches_dict_model(tmp_path_factory: pytest.TempPathFactory, ops: list)
             s.retain({s.compact()})
             committed = dict(live)
             assert s.stale_rows() == 0
-        else:  # reopen without commit: the last commit
+        else:  # reopen without commit (as after a crash): the last commit
             s.close()
             s = SSDStore(d, {"t": 2})
             live = dict(committed)
@@ -255,16 +256,17 @@ def test_reads_run_beside_a_write_back(tmp_path: Path) -> None:
 
         def reader() -> None:
             try:
-                for _ in range(30):
-                    rows, found = s.read("a", k[::7])
+                for i in range(60):  # scattered and whole reads while the file grows (the map is remapped)
+                    q = k[::7] if i % 2 else k
+                    rows, found = s.read("a", q)
                     assert found.all()
-                    assert np.isin(rows[:, 1] - rows_for(k[::7], 8)[:, 1], [0.0, 1.0]).all()
+                    assert np.isin(rows[:, 1] - rows_for(q, 8)[:, 1], [0.0, 1.0]).all()
             except BaseException as e:
                 errors.append(e)
 
         th = threading.Thread(target=reader)
         th.start()
-        for _ in range(30):
+        for _ in range(60):
             s.write("a", k, rows_for(k, 8, salt=1))
         th.join()
         assert not errors, errors
@@ -280,3 +282,74 @@ def test_older_generation_survives_compaction_until_released(tmp_path: Path) -> 
     with SSDStore(tmp_path, {"a": 2}, generation=g1) as s:  # e.g. resuming an older checkpoint
         np.testing.assert_array_equal(s.read("a", k)[0], rows_for(k, 2, salt=1))
         assert s.generations() == [g1] and len(list(tmp_path.glob("*.rows"))) == 1
+
+
+def test_tables_added_and_kept(tmp_path: Path) -> None:
+    k = np.arange(20, dtype=np.uint64)
+    with SSDStore(tmp_path, {"a": 3, "b": 2}) as s:
+        s.write("a", k, rows_for(k, 3))
+        s.write("b", k, rows_for(k, 2))
+        s.commit()
+    with SSDStore(tmp_path, {"a": 3, "c": 5}) as s:  # b not configured: left alone; c: added
+        assert s.widths() == {"a": 3, "c": 5}
+        s.write("c", k[:4], rows_for(k[:4], 5))
+        s.write("a", k[:2], rows_for(k[:2], 3, salt=1))
+        s.compact()
+    with SSDStore(tmp_path, {"a": 3, "b": 2, "c": 5}) as s:
+        np.testing.assert_array_equal(s.read("b", k)[0], rows_for(k, 2))
+        np.testing.assert_array_equal(s.read("c", k[:4])[0], rows_for(k[:4], 5))
+        np.testing.assert_array_equal(s.read("a", k[:2])[0], rows_for(k[:2], 3, salt=1))
+        with pytest.raises(StoreError, match="unknown table 'zz'"):
+            s.read("zz", k)
+
+
+def test_corrupt_base_index_and_manifest_entries(tmp_path: Path) -> None:
+    with SSDStore(tmp_path, {"a": 4}) as s:
+        s.write("a", np.arange(30, dtype=np.uint64), np.zeros((30, 4), np.float32))
+        s.retain({s.compact()})
+    (base,) = tmp_path.glob("a-*.base.*.bin")
+    good = base.read_bytes()
+    base.write_bytes(good[:-1] + bytes([good[-1] ^ 1]))
+    with pytest.raises(StoreError, match=f"{base.name}: index file checksum mismatch"):
+        SSDStore(tmp_path, {"a": 4})
+    base.unlink()
+    with pytest.raises(StoreError, match=f"{base.name}: cannot read index file"):
+        SSDStore(tmp_path, {"a": 4})
+    base.write_bytes(good)
+    (manifest,) = tmp_path.glob("manifest.*.json")
+    m = json.loads(manifest.read_text())
+    del m["tables"]["a"]["rows"]
+    manifest.write_text(json.dumps(m))
+    with pytest.raises(StoreError, match=rf"{manifest.name}: corrupt manifest \(entry of table 'a'\)"):
+        SSDStore(tmp_path, {"a": 4})
+    m["format"] = 99
+    manifest.write_text(json.dumps(m))
+    with pytest.raises(StoreError, match="store format 99"):
+        SSDStore(tmp_path, {"a": 4})
+
+
+def test_many_commits_fold_index_deltas(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    model: dict[int, float] = {}
+    with SSDStore(tmp_path, {"a": 1}) as s:
+        for i in range(70):
+            k = np.unique(rng.integers(0, 500, 20).astype(np.uint64))
+            s.write("a", k, np.full((len(k), 1), i, np.float32))
+            model.update(dict.fromkeys(k.tolist(), float(i)))
+            d = np.unique(rng.integers(0, 500, 5).astype(np.uint64))
+            s.delete("a", d)
+            for x in d.tolist():
+                model.pop(x, None)
+            s.retain({s.commit()})
+        assert len(list(tmp_path.glob("*.delta.*"))) <= 64 and len(list(tmp_path.glob("*.base.*"))) == 1
+    with SSDStore(tmp_path, {"a": 1}) as s:
+        assert s.keys("a").tolist() == sorted(model)
+        assert s.read("a", s.keys("a"))[0][:, 0].tolist() == [model[x] for x in sorted(model)]
+
+
+def test_stats_count_rows_bytes_and_commits(tmp_path: Path) -> None:
+    with SSDStore(tmp_path, {"a": 3}) as s:
+        s.write("a", np.arange(10, dtype=np.uint64), np.zeros((10, 3), np.float32))
+        s.read("a", np.arange(5, 15, dtype=np.uint64))  # 5 found
+        s.commit()
+        assert s.stats == {"rows_read": 5, "rows_written": 10, "bytes_read": 80, "bytes_written": 160, "commits": 1}

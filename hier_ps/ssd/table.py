@@ -1,0 +1,324 @@
+"""One table of the SSD store: its append-only data file and its in-memory key index.
+
+A data file holds fixed-size records of ``width`` float32 plus one uint32 checksum (``4 * (width + 1)`` bytes). The
+key index is two parallel arrays, sorted keys and their record slots, searched with ``np.searchsorted`` and updated
+by inserting the (sorted) new keys. Each update builds new arrays, so a reader that took the old pair keeps a
+consistent snapshot while a write-back runs beside it.
+
+Reads visit the file in slot order, window by window (8 MiB). A window whose rows touch at least 1/8 of its pages,
+and whose pages are not in the page cache (``mincore``), is read with one ``preadv`` of the span its rows cover:
+sequential I/O, one system call. Every other row is copied from a memory map advised ``MADV_RANDOM``: a memory copy
+when its page is cached, one 4 KiB page read otherwise (no read-around, which would pull in 32x the bytes for
+scattered rows). With a thread pool, windows and chunks of rows are read in parallel, keeping several I/Os in
+flight. Rows land in the caller's order either way.
+
+Measured on the 2-core VM (5M rows of 324 bytes, 1.6 GB; "cold" = pages dropped with ``POSIX_FADV_DONTNEED``; ranges
+over runs on a shared machine), against the previous single memory-map gather: 1M random keys 0.95-2.3 s cold /
+0.39-0.65 s warm (was 2.7-3.5 / 1.1-1.5); 100k keys 1.1-2.1 / 0.11-0.22 (was 1.6-1.9 / 0.12-0.15); 10k keys
+0.24-0.35 / 0.007-0.01 (was 1.3-2.2 / 0.013-0.017). Warm reads of pages not yet mapped by this process pay a minor
+fault per page either way.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import mmap
+import os
+import threading
+from collections.abc import Callable
+from concurrent.futures import Executor
+from pathlib import Path
+
+import numpy as np
+
+from hier_ps.errors import StoreError
+from hier_ps.ssd.files import WriteHook, row_checksums, write_at
+
+__all__ = ["DataFile", "KeyIndex", "sorted_lookup"]
+
+#: Reads are planned per window of this many bytes of the data file.
+WINDOW_BYTES = 8 << 20
+_PAGE = 4096
+_DENSE_PAGE_SHARE = 1 / 8
+_MAP_CHUNKS = 16  # rows read through the map are split into this many jobs at most (I/Os in flight with a pool)
+_MAP_MIN_ROWS = 512  # ... of at least this many rows each
+_SAMPLE = 64  # rows probed for page-cache residency before planning a read
+
+
+@functools.cache
+def _mincore() -> Callable[[int, int, int], int] | None:
+    """libc's ``mincore(addr, length, vec)`` (page-cache residency of mapped pages), or None where there is none."""
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).mincore
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+def sorted_lookup(index_keys: np.ndarray, index_slots: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Looks `keys` up in a sorted index, searching them in sorted order (cache-friendly: ~20x faster for 1M keys).
+
+    Args:
+        index_keys: uint64[m], sorted.
+        index_slots: int64[m], the slot of each index key.
+        keys: uint64[n], unique, any order.
+
+    Returns:
+        (order int64[n], pos int64[n], found bool[n], slots int64[n]): ``keys[order]`` is sorted; for that sorted
+        sequence, ``pos`` is its insertion point in the index, ``found`` whether it is there and ``slots`` its slot
+        (meaningless where not found).
+    """
+    order = np.argsort(keys)  # keys are unique: any sort is stable
+    sk = keys[order]
+    pos = np.searchsorted(index_keys, sk)
+    if not len(index_keys):
+        return order, pos, np.zeros(len(keys), bool), np.zeros(len(keys), np.int64)
+    clipped = np.minimum(pos, len(index_keys) - 1)
+    found = index_keys[clipped] == sk
+    return order, pos, found, index_slots[clipped]
+
+
+class KeyIndex:
+    """Sorted uint64 keys and their int64 record slots.
+
+    Every update builds new arrays, so a reader holding the old pair keeps a consistent snapshot.
+
+    Args:
+        keys: uint64[m], sorted, unique.
+        slots: int64[m], the record of each key.
+    """
+
+    def __init__(self, keys: np.ndarray | None = None, slots: np.ndarray | None = None) -> None:
+        self.keys = np.zeros(0, np.uint64) if keys is None else keys
+        self.slots = np.zeros(0, np.int64) if slots is None else slots
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def put(self, keys: np.ndarray, slots: np.ndarray) -> None:
+        """Points keys (uint64[n], unique) at slots (int64[n]), inserting the new ones in order."""
+        if not len(keys):
+            return
+        order, pos, found, _ = sorted_lookup(self.keys, self.slots, keys)
+        sk, ss = keys[order], slots[order]
+        new_slots = self.slots.copy()
+        new_slots[pos[found]] = ss[found]
+        add = ~found
+        if add.any():
+            self.keys, self.slots = np.insert(self.keys, pos[add], sk[add]), np.insert(new_slots, pos[add], ss[add])
+        else:
+            self.slots = new_slots
+
+    def remove(self, keys: np.ndarray) -> None:
+        """Drops keys (uint64[n]); absent keys are ignored."""
+        if not len(keys) or not len(self.keys):
+            return
+        _, pos, found, _ = sorted_lookup(self.keys, self.slots, keys)
+        if found.any():
+            keep = np.ones(len(self.keys), bool)
+            keep[pos[found]] = False
+            self.keys, self.slots = self.keys[keep], self.slots[keep]
+
+    def lookup(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """-> (slots int64[n], found bool[n]) of keys (uint64[n], unique), in the caller's order."""
+        order, _, found_s, slots_s = sorted_lookup(self.keys, self.slots, keys)
+        slots = np.empty(len(keys), np.int64)
+        found = np.empty(len(keys), bool)
+        slots[order], found[order] = slots_s, found_s
+        return slots, found
+
+
+class DataFile:
+    """A table's append-only data file of ``width`` float32 + one uint32 checksum per record.
+
+    Args:
+        path: the data file (created if missing).
+        width: row width in float32 units.
+        committed_rows: records the last commit covers; anything after them is cut away.
+
+    Raises:
+        StoreError: the data file is shorter than its last commit says.
+    """
+
+    def __init__(self, path: Path, width: int, committed_rows: int) -> None:
+        self.path, self.width = path, width
+        self.row_bytes = 4 * (width + 1)
+        self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        size = os.fstat(self.fd).st_size
+        need = committed_rows * self.row_bytes
+        if size < need:
+            os.close(self.fd)
+            raise StoreError(f"{path}: data file holds {size} bytes, its last commit needs {need} (truncated store)")
+        if size > need:
+            os.ftruncate(self.fd, need)  # rows appended after that commit
+        self.n_slots = committed_rows
+        self._map: np.ndarray | None = None
+        self._local = threading.local()
+
+    def append(self, rows: np.ndarray, hook: WriteHook | None = None) -> np.ndarray:
+        """Appends rows float32[n, width] with their checksums -> their slots int64[n] (not yet indexed).
+
+        `hook` is called before the write (fault injection in tests).
+        """
+        packed = np.empty((len(rows), self.width + 1), np.float32)
+        packed[:, : self.width] = rows
+        packed[:, self.width] = row_checksums(packed[:, : self.width]).view(np.float32)
+        write_at(self.fd, self.path, packed.reshape(-1).view(np.uint8), self.n_slots * self.row_bytes, hook)
+        slots = np.arange(self.n_slots, self.n_slots + len(rows), dtype=np.int64)
+        self.n_slots += len(rows)
+        return slots
+
+    def gather(self, slots: np.ndarray, pool: Executor | None = None) -> np.ndarray:
+        """Reads the records at `slots` (int64[m], any order) -> rows float32[m, width] in that order.
+
+        Windows of the file worth one sequential read (dense, not in the page cache) are read whole, in slot order;
+        every other row is copied from the memory map (see the module docstring). With a `pool`, windows and chunks
+        of rows are read by its threads, which keeps several I/Os in flight. Every checksum is verified.
+
+        The result is a view of a float32[m, width + 1] buffer (records with their checksums): its rows are
+        ``4 * (width + 1)`` bytes apart, which saves a copy of every row.
+
+        Raises:
+            StoreError: a checksum mismatch or a short read (a damaged data file), naming the file and the row.
+        """
+        w = self.width
+        if not len(slots):
+            return np.zeros((0, w), np.float32)
+        view = self._view()
+        # A sample of rows first: a batch whose pages are all cached is copied from the map in one gather, in the
+        # calling thread (threads would only contend for the memory bus).
+        sample = slots[np.linspace(0, len(slots) - 1, min(len(slots), _SAMPLE), dtype=np.int64)].tolist()
+        if self._probe(view, sample) is True:
+            raw = view[slots]
+        else:
+            raw = np.empty((len(slots), w + 1), np.float32)
+            order, spans, by_map = self._plan(view, slots)
+            # Through the map in the caller's order: consecutive rows of `raw` are written one after the other.
+            mapped = np.sort(order[np.concatenate(by_map)])
+            n_chunks = max(1, min(_MAP_CHUNKS, len(mapped) // _MAP_MIN_ROWS)) if pool is not None else 1
+
+            def from_map(pos: np.ndarray) -> None:
+                raw[pos] = view[slots[pos]]  # a copy if cached; else a fault per page (MADV_RANDOM: no read-around)
+
+            jobs = [(self._read_span, (order[idx], slots, raw)) for idx in spans]
+            jobs += [(from_map, (c,)) for c in np.array_split(mapped, n_chunks) if len(c)]
+            if pool is None or len(jobs) == 1:
+                for fn, args in jobs:
+                    fn(*args)
+            else:
+                for f in [pool.submit(fn, *args) for fn, args in jobs]:
+                    f.result()
+        bad = row_checksums(raw[:, :w]) != raw[:, w].view(np.uint32)
+        if bad.any():
+            raise StoreError(f"{self.path}: checksum mismatch in row {int(slots[np.argmax(bad)])} (corrupt data file)")
+        return raw[:, :w]
+
+    def _plan(self, view: np.ndarray, slots: np.ndarray) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray]]:
+        """Decides how to read each record -> (order, spans, mapped).
+
+        ``order`` sorts `slots`; ``spans`` are lists of positions in that sorted order to read with one preadv each,
+        ``mapped`` the sorted positions to copy from the map. Scattered rows go through the map whatever their
+        state (a fault per page when not cached). A window dense enough for one sequential read gets it only for
+        its rows not already in the page cache, and only while those are still dense enough: reading cached pages
+        again would be a wasted copy.
+        """
+        order = np.argsort(slots)
+        ss = slots[order]
+        dense = self._dense_windows(ss)
+        spans: list[np.ndarray] = []
+        mapped = [np.flatnonzero(~dense)]
+        for idx in self._windows(ss, np.flatnonzero(dense)):
+            # A few rows' pages first (page-cache state comes in large runs); the whole window only when mixed.
+            probe = self._probe(view, ss[idx[np.linspace(0, len(idx) - 1, 4, dtype=np.int64)]].tolist())
+            cached = np.full(len(idx), probe) if probe is not None else self._resident(view, ss[idx])
+            cold = idx[~cached]
+            mapped.append(idx[cached])
+            if len(cold) and self._dense_windows(ss[cold])[0]:
+                spans.append(cold)
+            else:
+                mapped.append(cold)
+        return order, spans, mapped
+
+    def _windows(self, ss: np.ndarray, idx: np.ndarray) -> list[np.ndarray]:
+        """Splits `idx` (positions in the sorted slots `ss`, ascending) by the window of ss[idx]."""
+        if not len(idx):
+            return []
+        wid = ss[idx] // max(WINDOW_BYTES // self.row_bytes, 1)
+        return np.split(idx, np.flatnonzero(wid[1:] != wid[:-1]) + 1)
+
+    def _dense_windows(self, ss: np.ndarray) -> np.ndarray:
+        """For sorted slots `ss` (int64[m]): whether each one's window is worth one sequential read -> bool[m].
+
+        That is when the window's rows touch at least 1/8 of its pages (the expected share for rows spread evenly
+        over the span they cover): one read of the span then costs less than that many random page reads, even
+        with several in flight.
+        """
+        rb = self.row_bytes
+        wid = ss // max(WINDOW_BYTES // rb, 1)
+        cut = np.flatnonzero(wid[1:] != wid[:-1]) + 1
+        starts, ends = np.r_[0, cut], np.r_[cut, len(ss)]
+        density = (ends - starts) / (ss[ends - 1] - ss[starts] + 1)
+        touched = 1 - (1 - density) ** (_PAGE / rb) if rb < _PAGE else density
+        return np.repeat(touched >= _DENSE_PAGE_SHARE, ends - starts)
+
+    def _read_span(self, pos: np.ndarray, slots: np.ndarray, raw: np.ndarray) -> None:
+        """One preadv of the records from slots[pos[0]] to slots[pos[-1]] (ascending); they go to raw[pos]."""
+        rb = self.row_bytes
+        sp = slots[pos]
+        lo = int(sp[0])
+        nbytes = (int(sp[-1]) - lo + 1) * rb
+        buf = getattr(self._local, "buf", None)
+        if buf is None or len(buf) < nbytes:  # one buffer per thread, reused: no page faults on fresh memory
+            buf = self._local.buf = np.empty(max(nbytes, WINDOW_BYTES + rb), np.uint8)
+        got = os.preadv(self.fd, [memoryview(buf)[:nbytes]], lo * rb)
+        if got != nbytes:
+            raise StoreError(f"{self.path}: short read at row {lo} (truncated data file)")
+        raw[pos] = buf[:nbytes].view(np.float32).reshape(-1, self.width + 1)[sp - lo]
+
+    def _probe(self, view: np.ndarray, slots: list[int]) -> bool | None:
+        """Whether the records at these few slots are all in the page cache (True), none are (False), or mixed."""
+        fn, rb = _mincore(), self.row_bytes
+        if fn is None:
+            return False
+        vec = (ctypes.c_ubyte * (rb // _PAGE + 2))()
+        seen = set()
+        for slot in slots:
+            p, q = slot * rb // _PAGE, ((slot + 1) * rb - 1) // _PAGE
+            if fn(view.ctypes.data + p * _PAGE, (q - p + 1) * _PAGE, vec) != 0:
+                return False
+            seen.add(all(vec[i] & 1 for i in range(q - p + 1)))
+        return seen.pop() if len(seen) == 1 else None
+
+    def _resident(self, view: np.ndarray, ss: np.ndarray) -> np.ndarray:
+        """Whether each record at the sorted slots `ss` (int64[m]) is in the page cache -> bool[m].
+
+        One ``mincore`` over the pages from the first record to the last; all False where mincore is unavailable.
+        """
+        fn = _mincore()
+        rb = self.row_bytes
+        first, last = ss * rb // _PAGE, ((ss + 1) * rb - 1) // _PAGE
+        p0 = int(first[0])
+        n_pages = int(last[-1]) - p0 + 1
+        vec = np.zeros(n_pages, np.uint8)
+        if fn is None or fn(view.ctypes.data + p0 * _PAGE, n_pages * _PAGE, vec.ctypes.data) != 0:
+            return np.zeros(len(ss), bool)
+        vec &= 1
+        return (vec[first - p0] & vec[last - p0]).astype(bool)
+
+    def _view(self) -> np.ndarray:
+        """float32[n_slots, width + 1] over a read-only map of the file, remapped when the file has grown."""
+        view, n = self._map, self.n_slots  # read once: a write in another thread may append meanwhile
+        if view is None or view.shape[0] < n:
+            mm = mmap.mmap(self.fd, n * self.row_bytes, prot=mmap.PROT_READ)
+            mm.madvise(mmap.MADV_RANDOM)  # no read-around: scattered rows would pull in 32x the bytes they need
+            view = np.frombuffer(mm, np.float32).reshape(n, self.width + 1)
+            self._map = view
+        return view
+
+    def close(self) -> None:
+        """Closes the data file."""
+        self._map = None
+        os.close(self.fd)
