@@ -75,7 +75,7 @@ def _print_summary(s: dict, run_dir: str) -> None:
     if s.get("eval_auc") is not None:
         oracle = f"  (oracle AUC {s['oracle_auc']:.4f})" if s.get("oracle_auc") is not None else ""
         lines.append(f"eval AUC {s['eval_auc']:.4f}{oracle}  logloss {s['eval_logloss']:.5f}")
-    lines.append(f"run directory: {run_dir} (config.yaml, metrics.jsonl, summary.json, dense.pt, store/)")
+    lines.append(f"run directory: {run_dir} (config.yaml, metrics.jsonl, summary.json, dense.pt, checkpoints/, store/)")
     print("\n".join(lines))
 
 
