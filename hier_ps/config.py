@@ -29,11 +29,13 @@ import yaml
 from hier_ps.errors import ConfigError
 
 __all__ = [
+    "AdmissionConfig",
     "CheckpointConfig",
     "Config",
     "DataConfig",
     "DenseOptimizerConfig",
     "EvalConfig",
+    "EvictionConfig",
     "InitConfig",
     "ModelConfig",
     "RunConfig",
@@ -245,6 +247,46 @@ class SparseOptimizerConfig:
 
 
 @dataclass(kw_only=True)
+class AdmissionConfig:
+    """Feature admission: a key gets a row only once it has occurred `min_count` times in training data.
+
+    Occurrences are counted in a count-min sketch of `sketch_bytes` (memory independent of the number of keys; it may
+    over-count, so a rare key can be admitted early, never late). Until admitted a key reads as a zero vector and
+    takes no update. Decided per pass at planning time, from the counts up to and including that pass.
+    """
+
+    min_count: int = 2  #: occurrences before a key gets a row (1: every key, as without admission)
+    sketch_bytes: int | str = "4MiB"  #: memory of the count-min sketch (4 rows of int32 counters)
+
+    def __post_init__(self) -> None:
+        if self.min_count < 1:
+            raise ConfigError(f"min_count: must be >= 1, got {self.min_count}")
+        self.sketch_bytes = parse_bytes(self.sketch_bytes, "sketch_bytes")
+        if self.sketch_bytes < 64:
+            raise ConfigError(f"sketch_bytes: must be >= 64, got {self.sketch_bytes}")
+
+
+@dataclass(kw_only=True)
+class EvictionConfig:
+    """Feature eviction at checkpoint time: matching keys are deleted from every tier (compaction then shrinks the
+    store). A key evicted and seen again starts over from its initial row (admission lets it straight
+    back in: the sketch still holds its count).
+
+    Eviction runs at the scheduled checkpoints (every ``checkpoint.every_passes`` passes), or once at the end of
+    training when that is 0; it scans the table's rows, so it costs one read of the table each time.
+    """
+
+    ttl_passes: int | None = None  #: evict keys not seen in the last `ttl_passes` passes
+    min_l2: float | None = None  #: evict keys whose embedding L2 norm is below this
+
+    def __post_init__(self) -> None:
+        if self.ttl_passes is not None and self.ttl_passes < 1:
+            raise ConfigError(f"ttl_passes: must be >= 1, got {self.ttl_passes}")
+        if self.min_l2 is not None and self.min_l2 < 0:
+            raise ConfigError(f"min_l2: must be >= 0, got {self.min_l2}")
+
+
+@dataclass(kw_only=True)
 class TableConfig:
     """One embedding table."""
 
@@ -252,6 +294,8 @@ class TableConfig:
     dim: int  #: embedding width (> 0)
     init: InitConfig = field(default_factory=InitConfig)  #: initializer of new rows
     optimizer: SparseOptimizerConfig | None = None  #: this table's optimizer (default: the top-level sparse_optimizer)
+    admission: AdmissionConfig | None = None  #: feature admission (default: every key gets a row at once)
+    eviction: EvictionConfig | None = None  #: feature eviction at checkpoints (default: none)
 
     def __post_init__(self) -> None:
         if self.dim <= 0:

@@ -20,7 +20,8 @@ Example:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -66,6 +67,9 @@ class PassPlan:
         urows: table -> int64[...] unique local rows touched by each batch, batch after batch.
         inv: slot -> int64[nnz] position of each occurrence's row among its batch's unique rows (empty when planned
             with ``for_training=False``, as are urows and urow_offsets).
+        rejected: table -> (keys with no row in this pass, occurrences turned away) for tables with admission. Such
+            a table's working set has one extra local row after its keys, ``len(keys[table])``: the null row, which
+            reads as zeros and takes no update; every occurrence before its key's admission points at it.
     """
 
     index: int
@@ -78,6 +82,7 @@ class PassPlan:
     urow_offsets: dict[str, np.ndarray]
     urows: dict[str, np.ndarray]
     inv: dict[str, np.ndarray]
+    rejected: dict[str, tuple[int, int]] = field(default_factory=dict)
 
     @property
     def num_examples(self) -> int:
@@ -106,8 +111,42 @@ class PassPlan:
         return BatchPlan(self.chunk.labels[start:stop], self.chunk.dense[start:stop], slots, tables)
 
 
+Admit = Callable[[str, np.ndarray, np.ndarray, np.ndarray], np.ndarray]
+
+
+def _admit(
+    table: str, uniq: np.ndarray, loc: np.ndarray, occ_batch: np.ndarray, admit: Admit
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[int, int]]:
+    """Applies admission to one table's occurrences.
+
+    Returns:
+        (admitted keys, local row of every occurrence with the null row ``len(admitted keys)`` for occurrences
+        before their key's admission, admitted occurrences per admitted key, (keys without a row in this pass,
+        occurrences pointed at the null row)).
+    """
+    n0 = max(len(uniq), 1)
+    pairs, pos, pair_count = np.unique(occ_batch * n0 + loc, return_inverse=True, return_counts=True)
+    pair_row = pairs % n0
+    ok_pair = admit(table, uniq[pair_row], pairs // n0, pair_count)
+    occ_ok = ok_pair[pos.reshape(-1)]
+    ok_row = np.zeros(len(uniq), bool)
+    ok_row[pair_row[ok_pair]] = True
+    n_ok = int(ok_row.sum())
+    remap = np.cumsum(ok_row, dtype=np.int64) - 1
+    new_loc = np.where(occ_ok, remap[loc], n_ok)
+    cnt = np.bincount(new_loc[occ_ok], minlength=n_ok).astype(np.int64)
+    return uniq[ok_row], new_loc, cnt, (len(uniq) - n_ok, int((~occ_ok).sum()))
+
+
 def plan_pass(
-    chunk: ExampleChunk, slot_tables: dict[str, str], batch_size: int, index: int, *, for_training: bool = True
+    chunk: ExampleChunk,
+    slot_tables: dict[str, str],
+    batch_size: int,
+    index: int,
+    *,
+    for_training: bool = True,
+    admit: Admit | None = None,
+    admission_tables: frozenset[str] | set[str] = frozenset(),
 ) -> PassPlan:
     """Plans one pass.
 
@@ -117,6 +156,11 @@ def plan_pass(
         batch_size: examples per batch.
         index: global pass index.
         for_training: also compute the per-batch unique rows that gradients are reduced into (eval needs none).
+        admit: ``admit(table, keys uint64[p], batches int64[p], counts int64[p]) -> bool[p]`` for the tables in
+            `admission_tables` (training only): per (key, batch) pair, whether the key has a row in that batch (see
+            :class:`hier_ps.admission.Admission`); other occurrences point at the table's null row (see
+            PassPlan.rejected), and ``counts`` counts only admitted occurrences.
+        admission_tables: tables that `admit` decides for.
 
     Returns:
         The PassPlan. All work is vectorized: one sort per table for the working set and one for the per-batch
@@ -128,12 +172,24 @@ def plan_pass(
         by_table.setdefault(table, []).append(slot)
 
     keys, counts, local, urow_offsets, urows, inv = {}, {}, {}, {}, {}, {}
+    rejected: dict[str, tuple[int, int]] = {}
     for table, slots in by_table.items():
         parts = [chunk.sparse[s][1] for s in slots]
         sizes = [len(p) for p in parts]
         all_keys = np.concatenate(parts) if len(parts) > 1 else parts[0]
         uniq, loc, cnt = np.unique(all_keys, return_inverse=True, return_counts=True)
         loc = loc.astype(np.int64, copy=False).reshape(-1)
+        n_rows = len(uniq)
+        if for_training:
+            batch_of = []
+            for s in slots:
+                offsets = chunk.sparse[s][0]
+                example = np.repeat(np.arange(len(chunk), dtype=np.int64), np.diff(offsets))
+                batch_of.append(example // batch_size)
+            occ_batch = np.concatenate(batch_of) if len(batch_of) > 1 else batch_of[0]
+            if admit is not None and table in admission_tables:
+                uniq, loc, cnt, rejected[table] = _admit(table, uniq, loc, occ_batch, admit)
+                n_rows = len(uniq) + 1  # the null row
         keys[table], counts[table] = uniq.astype(np.uint64, copy=False), cnt.astype(np.int64)
         bounds = np.cumsum([0, *sizes])
         for j, s in enumerate(slots):
@@ -141,14 +197,8 @@ def plan_pass(
         if not for_training:
             continue
 
-        # Batch of every occurrence, then unique (batch, row) pairs: sorted by batch, then by row.
-        batch_of = []
-        for s in slots:
-            offsets = chunk.sparse[s][0]
-            example = np.repeat(np.arange(len(chunk), dtype=np.int64), np.diff(offsets))
-            batch_of.append(example // batch_size)
-        occ_batch = np.concatenate(batch_of) if len(batch_of) > 1 else batch_of[0]
-        n_ws = max(len(uniq), 1)
+        # Unique (batch, row) pairs of the occurrences: sorted by batch, then by row.
+        n_ws = max(n_rows, 1)
         pairs, pos = np.unique(occ_batch * n_ws + loc, return_inverse=True)
         pos = pos.astype(np.int64, copy=False).reshape(-1)
         pair_batch = pairs // n_ws
@@ -158,4 +208,6 @@ def plan_pass(
 
         for j, s in enumerate(slots):
             inv[s] = rel[bounds[j] : bounds[j + 1]]
-    return PassPlan(index, chunk, batch_size, keys, counts, local, dict(slot_tables), urow_offsets, urows, inv)
+    return PassPlan(
+        index, chunk, batch_size, keys, counts, local, dict(slot_tables), urow_offsets, urows, inv, rejected
+    )

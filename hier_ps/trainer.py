@@ -17,6 +17,7 @@ import logging
 import os
 import shutil
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ import yaml
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from hier_ps.admission import Admission
 from hier_ps.checkpoint import Checkpoint, list_checkpoints, load_state, prune, write_checkpoint
 from hier_ps.config import (
     Config,
@@ -40,10 +42,10 @@ from hier_ps.config import (
 from hier_ps.data import ParquetReader, generate_synthetic
 from hier_ps.data.synthetic import GENERATOR_VERSION
 from hier_ps.errors import ConfigError, HierPSError, StoreError, StoreLockedError
-from hier_ps.hbm.working_set import TableSpec, WorkingSet, segment_sum
+from hier_ps.hbm.working_set import WorkingSet, segment_sum, table_specs
 from hier_ps.hostmem import HostCache
 from hier_ps.metrics import auc, logloss
-from hier_ps.models import build_model
+from hier_ps.models import build_model_for
 from hier_ps.plan import BatchPlan, PassPlan, plan_pass
 from hier_ps.ssd import SSDStore
 
@@ -117,18 +119,10 @@ class Trainer:
         self.train_reader = ParquetReader(cfg.data.train, **common)
         self.eval_reader = ParquetReader(cfg.data.eval, **common) if cfg.data.eval else None
 
-        self.specs = {t.name: TableSpec(t.name, t.dim, t.init, cfg.optimizer_of(t.name)) for t in cfg.tables}
+        self.specs = table_specs(cfg)
+        self.admission = Admission({t.name: t.admission for t in cfg.tables if t.admission is not None})
         torch.manual_seed(cfg.run.seed)
-        if model is None:
-            dims = {s.name: cfg.table(s.table).dim for s in cfg.data.sparse}
-            model = build_model(
-                cfg.model.name,
-                dense_dim=len(cfg.data.dense),
-                slot_dims=dims,
-                num_tasks=len(self.tasks),
-                args=cfg.model.args,
-            )
-        self.model = model.to(self.device)
+        self.model = (model if model is not None else build_model_for(cfg)).to(self.device)
         self.dense_opt = _dense_optimizer(cfg.dense_optimizer, self.model.parameters())
 
         self.ckpt_root = self.run_dir / "checkpoints"
@@ -136,8 +130,10 @@ class Trainer:
             self._wipe_run_dir()
         self.pass_index = self.epoch = self.pass_in_epoch = self.examples_seen = 0
         self.resumed_from: Path | None = None
+        self.run_id = uuid.uuid4().hex  # kept across resumes (checkpoints carry it); exports name their run by it
         self._checkpointed_pass = -1
         self.store = self._open_store({n: s.layout.width for n, s in self.specs.items()})
+        self.rows_total = {n: self.store.num_rows(n) for n in self.specs}  # every row is in the store at a commit
         self.host = HostCache(self.store, int(cfg.store.host_cache_bytes))
         self._closed = False
         log.info(
@@ -210,12 +206,18 @@ class Trainer:
                 f"checkpoint {ck.path} does not fit this config's model or dense optimizer ({first}); "
                 "use a new run.dir, or run.overwrite=true to start over"
             ) from None
+        if self.admission:
+            try:
+                self.admission.load_state_dict(state.get("admission", {}))
+            except ValueError as e:
+                raise HierPSError(f"checkpoint {ck.path}: {e}") from None
         torch.set_rng_state(state["torch_rng"])
         if "cuda_rng" in state and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng"])
         m = ck.meta
         self.pass_index, self.epoch, self.pass_in_epoch = m["pass_index"], m["epoch"], m["pass_in_epoch"]
         self.examples_seen = m["examples_seen"]
+        self.run_id = m.get("run_id", self.run_id)
         self._checkpointed_pass = self.pass_index
         metrics = self.run_dir / "metrics.jsonl"
         if metrics.exists() and metrics.stat().st_size > m["metrics_bytes"]:
@@ -244,10 +246,13 @@ class Trainer:
             "optimizer": self.dense_opt.state_dict(),
             "torch_rng": torch.get_rng_state(),
         }
+        if self.admission:
+            state["admission"] = self.admission.state_dict()
         if torch.cuda.is_available():
             state["cuda_rng"] = torch.cuda.get_rng_state_all()
         meta = {
             "format": 1,
+            "run_id": self.run_id,
             "pass_index": self.pass_index,
             "epoch": self.epoch,
             "pass_in_epoch": self.pass_in_epoch,
@@ -265,6 +270,55 @@ class Trainer:
             gen,
             time.perf_counter() - t0,
         )
+
+    def _evict(self) -> dict[str, int]:
+        """Deletes, from every tier, the rows that their table's eviction rule matches (at checkpoint time).
+
+        Scans every live row of the tables that have a rule (after writing the host cache down), so it costs one
+        read of those tables per checkpoint. Returns table -> rows evicted.
+        """
+        out: dict[str, int] = {}
+        rules = [(t.name, t.eviction) for t in self.cfg.tables if t.eviction is not None]
+        rules = [(n, e) for n, e in rules if e.ttl_passes is not None or e.min_l2 is not None]
+        if not rules:
+            return out
+        t0 = time.perf_counter()
+        self.host.flush()
+        for name, rule in rules:
+            layout = self.specs[name].layout
+            keys = self.store.keys(name)
+            dead = []
+            for i in range(0, len(keys), 1 << 18):
+                k = keys[i : i + (1 << 18)]
+                rows, _ = self.store.read(name, k)
+                evict = np.zeros(len(k), bool)
+                if rule.ttl_passes is not None:
+                    last_pass = np.ascontiguousarray(rows[:, layout.dim + layout.state :]).view(np.int64)[:, 1]
+                    evict |= last_pass <= self.pass_index - 1 - rule.ttl_passes
+                if rule.min_l2 is not None:
+                    evict |= np.linalg.norm(rows[:, : layout.dim], axis=1) < rule.min_l2
+                dead.append(k[evict])
+            gone = np.concatenate(dead) if dead else np.zeros(0, np.uint64)
+            if len(gone):
+                self.host.delete(name, gone)
+            self.rows_total[name] -= len(gone)
+            out[name] = len(gone)
+        log.info(
+            "evicted %d rows (%s) in %.2f s",
+            sum(out.values()),
+            ", ".join(f"{n} {c}" for n, c in out.items()),
+            time.perf_counter() - t0,
+        )
+        return out
+
+    def _store_bytes(self) -> int:
+        """Bytes of the store directory's files (live, stale and retained for older checkpoints)."""
+        total = 0
+        with os.scandir(self.cfg.store_dir) as it:
+            for e in it:
+                if e.is_file(follow_symlinks=False):
+                    total += e.stat(follow_symlinks=False).st_size
+        return total
 
     def _oracle_auc(self) -> float | None:
         candidates = []
@@ -317,19 +371,24 @@ class Trainer:
         last: dict[str, Any] = {}
         evaluated_last = False
         limit = cfg.train.max_passes
+
+        def limit_hit() -> bool:
+            return limit is not None and self.pass_index >= limit
+
         try:
-            while self.epoch < cfg.train.epochs and (limit is None or self.pass_index < limit):
+            while self.epoch < cfg.train.epochs and not limit_hit():
                 # The data cursor: passes already done in this epoch are read and skipped, never trained twice.
                 chunks = itertools.islice(
                     self.train_reader.iter_chunks(cfg.train.pass_examples), self.pass_in_epoch, None
                 )
-                while limit is None or self.pass_index < limit:
-                    t0 = time.perf_counter()
-                    chunk = next(chunks, None)
-                    if chunk is None:
-                        self.epoch, self.pass_in_epoch = self.epoch + 1, 0
-                        break
-                    times = {"read": time.perf_counter() - t0}
+                t0 = time.perf_counter()
+                chunk = next(chunks, None)
+                read_s = time.perf_counter() - t0
+                if chunk is None:
+                    self.epoch, self.pass_in_epoch = self.epoch + 1, 0
+                    continue
+                while chunk is not None:
+                    times = {"read": read_s}
                     last = self._run_pass(chunk, self.epoch, times, bar)
                     self.pass_in_epoch += 1
                     trained += last["examples"]
@@ -340,10 +399,25 @@ class Trainer:
                         last.update(self._eval_record(self.evaluate()))
                         times["eval"] = time.perf_counter() - t0
                         self._log_eval(last)
+                    # Read the next pass now, so that this one knows whether it is the last (and checkpoints).
+                    t0 = time.perf_counter()
+                    chunk = None if limit_hit() else next(chunks, None)
+                    read_s = time.perf_counter() - t0
+                    if chunk is None and not limit_hit():
+                        self.epoch, self.pass_in_epoch = self.epoch + 1, 0
+                    final = limit_hit() or self.epoch >= cfg.train.epochs
+                    ck_every = cfg.checkpoint.every_passes
+                    scheduled = bool(ck_every and self.pass_index % ck_every == 0)
+                    checkpoint_now = final or scheduled
+                    # Eviction keeps to the checkpoint schedule (not to where a run happens to stop), so that a
+                    # run stopped at max_passes and continued later ends as if it had never stopped.
+                    if scheduled or (final and not ck_every):
+                        last["evicted"] = self._evict()
+                    last["rows"] = dict(self.rows_total)
+                    last["store_bytes"] = self._store_bytes()
                     metrics_f.write(json.dumps(last) + "\n")
                     metrics_f.flush()
-                    ck_every = cfg.checkpoint.every_passes
-                    if ck_every and self.pass_index % ck_every == 0:
+                    if checkpoint_now:
                         self._checkpoint(metrics_f)
             bar.close()
             if self._checkpointed_pass != self.pass_index:
@@ -379,14 +453,21 @@ class Trainer:
         if cfg.train.shuffle:
             rng = np.random.default_rng([cfg.run.seed, epoch, self.pass_index])
             chunk = chunk.take(rng.permutation(len(chunk)))
-        plan = plan_pass(chunk, self.slot_tables, cfg.train.batch_size, self.pass_index)
+        plan = plan_pass(
+            chunk,
+            self.slot_tables,
+            cfg.train.batch_size,
+            self.pass_index,
+            admit=self.admission.admit if self.admission else None,
+            admission_tables=set(self.admission.sketches),
+        )
         t1 = time.perf_counter()
         ssd_before = dict(self.store.stats)
         fetched = WorkingSet.fetch(self.host, self.specs, plan.keys, cfg.run.seed)
         t2 = time.perf_counter()
         rows = {n: r for n, (r, _) in fetched.items()}
         self._check_hbm_budget(rows)
-        ws = WorkingSet.load(self.specs, plan.keys, rows, self.device)
+        ws = WorkingSet.load(self.specs, plan.keys, rows, self.device, null_rows=set(plan.rejected))
         del rows
         t3 = time.perf_counter()
         loss_sum = self._train_pass(plan, ws, bar)
@@ -398,6 +479,8 @@ class Trainer:
         self.pass_index += 1
         self.examples_seen += len(chunk)
         ssd = {k: v - ssd_before.get(k, 0) for k, v in self.store.stats.items() if isinstance(v, int | float)}
+        for n, (_, n_new) in fetched.items():
+            self.rows_total[n] += n_new
         rec = {
             "pass": self.pass_index - 1,
             "epoch": epoch,
@@ -411,6 +494,11 @@ class Trainer:
             "host_cache": self._host_stats(),
             "ssd": ssd,
         }
+        if plan.rejected:
+            rec["admission"] = {
+                n: {"admitted_new": fetched[n][1], "rejected_keys": k, "rejected_occurrences": o}
+                for n, (k, o) in plan.rejected.items()
+            }
         log.info(
             "pass %d (epoch %d): %d examples, loss %.5f, %.0f ex/s, working set %d keys (%d new)",
             rec["pass"],
@@ -490,11 +578,16 @@ class Trainer:
         return float(loss.detach())
 
     # ------------------------------------------------------------------ eval and inspection
-    def evaluate(self) -> dict[str, Any]:
+    def evaluate(self, *, return_scores: bool = False) -> dict[str, Any]:
         """AUC and logloss per task on data.eval with the current model (rows from whichever tier holds them).
 
+        Keys without a row read as their initial rows, or as zeros in tables with admission (as a Predictor does).
+
+        Args:
+            return_scores: also return the scores.
+
         Returns:
-            {"auc": [per task], "logloss": [per task], "examples": n}.
+            {"auc": [per task], "logloss": [per task], "examples": n} (+ "scores": float32[n, T]).
         """
         if self.eval_reader is None:
             raise ConfigError("data.eval: no eval data configured")
@@ -509,7 +602,7 @@ class Trainer:
                     chunk = chunk.slice(0, limit - seen)
                 seen += len(chunk)
                 plan = plan_pass(chunk, self.slot_tables, self.cfg.eval.batch_size, -1, for_training=False)
-                fetched = WorkingSet.fetch(self.host, self.specs, plan.keys, self.cfg.run.seed)
+                fetched = WorkingSet.fetch(self.host, self.specs, plan.keys, self.cfg.run.seed, for_training=False)
                 ws = WorkingSet.load(self.specs, plan.keys, {n: r for n, (r, _) in fetched.items()}, self.device)
                 for i in range(plan.num_batches):
                     b = plan.batch(i)
@@ -520,11 +613,14 @@ class Trainer:
         if not scores:
             raise HierPSError("data.eval: the eval data holds no examples")
         s, y = np.concatenate(scores), np.concatenate(labels)
-        return {
+        out: dict[str, Any] = {
             "auc": [auc(y[:, t], s[:, t]) for t in range(s.shape[1])],
             "logloss": [logloss(y[:, t], s[:, t]) for t in range(s.shape[1])],
             "examples": len(s),
         }
+        if return_scores:
+            out["scores"] = s
+        return out
 
     @staticmethod
     def _eval_record(ev: dict[str, Any]) -> dict[str, Any]:
@@ -547,7 +643,8 @@ class Trainer:
         )
 
     def lookup(self, table: str, keys: np.ndarray) -> np.ndarray:
-        """Current embeddings of `keys` from whichever tier holds them; unseen keys get their initial rows.
+        """Current embeddings of `keys` from whichever tier holds them; keys without a row read as their initial
+        rows (as zeros in tables with admission).
 
         Args:
             table: table name.
@@ -560,7 +657,8 @@ class Trainer:
             raise ConfigError(f"lookup: unknown table {table!r} (tables: {', '.join(self.specs)})")
         keys = np.asarray(keys).astype(np.uint64, copy=False).reshape(-1)
         uniq, inv = np.unique(keys, return_inverse=True)
-        rows, _ = WorkingSet.fetch(self.host, {table: self.specs[table]}, {table: uniq}, self.cfg.run.seed)[table]
+        spec = {table: self.specs[table]}
+        rows, _ = WorkingSet.fetch(self.host, spec, {table: uniq}, self.cfg.run.seed, for_training=False)[table]
         return rows[inv.reshape(-1), : self.specs[table].dim].copy()
 
     def save_dense(self, path: str | Path) -> None:

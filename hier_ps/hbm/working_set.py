@@ -23,12 +23,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from hier_ps.config import InitConfig, SparseOptimizerConfig
+from hier_ps.config import Config, InitConfig, SparseOptimizerConfig
 from hier_ps.hbm.optimizers import SparseOptimizer, make_sparse_optimizer
 from hier_ps.hbm.rows import RowLayout
 from hier_ps.tier import RowTier
 
-__all__ = ["TableSpec", "WorkingSet", "WorkingSetTable", "segment_sum"]
+__all__ = ["TableSpec", "WorkingSet", "WorkingSetTable", "segment_sum", "table_specs"]
 
 
 @dataclass
@@ -39,12 +39,21 @@ class TableSpec:
     dim: int
     init: InitConfig
     optimizer: SparseOptimizerConfig
+    zero_unseen: bool = False  #: outside training, keys without a row read as zeros (tables with admission)
     opt: SparseOptimizer = field(init=False)
     layout: RowLayout = field(init=False)
 
     def __post_init__(self) -> None:
         self.opt = make_sparse_optimizer(self.optimizer)
         self.layout = RowLayout(self.dim, self.opt.state_width(self.dim))
+
+
+def table_specs(cfg: Config) -> dict[str, TableSpec]:
+    """The TableSpec of every table of an experiment config, by name."""
+    return {
+        t.name: TableSpec(t.name, t.dim, t.init, cfg.optimizer_of(t.name), zero_unseen=t.admission is not None)
+        for t in cfg.tables
+    }
 
 
 def segment_sum(src: torch.Tensor, index: torch.Tensor, n: int) -> torch.Tensor:
@@ -67,15 +76,30 @@ def segment_sum(src: torch.Tensor, index: torch.Tensor, n: int) -> torch.Tensor:
 
 
 class WorkingSetTable:
-    """One table's working set on the device: emb float32[n, dim], state float32[n, S], meta int64[n, 2] (host)."""
+    """One table's working set on the device: emb float32[n, dim], state float32[n, S], meta int64[n, 2] (host).
+
+    With `null_row`, emb and state hold one more row after the keys' rows (local index n): it reads as zeros and
+    takes no update; occurrences of keys that admission turned away point at it.
+    """
 
     def __init__(self, spec: TableSpec, keys: np.ndarray, emb: torch.Tensor, state: torch.Tensor, meta: np.ndarray):
         self.spec, self.keys, self.emb, self.state, self.meta = spec, keys, emb, state, meta
+        self.null = len(keys) if len(emb) > len(keys) else None
 
     @classmethod
-    def from_rows(cls, spec: TableSpec, keys: np.ndarray, rows: np.ndarray, device: str | torch.device):
-        """Loads packed rows float32[n, width] onto `device`."""
+    def from_rows(
+        cls,
+        spec: TableSpec,
+        keys: np.ndarray,
+        rows: np.ndarray,
+        device: str | torch.device,
+        null_row: bool = False,
+    ) -> WorkingSetTable:
+        """Loads packed rows float32[n, width] onto `device` (plus a zero null row when asked)."""
         emb, state, meta = spec.layout.unpack(rows)
+        if null_row:
+            emb = np.concatenate([emb, np.zeros((1, emb.shape[1]), np.float32)])
+            state = np.concatenate([state, np.zeros((1, state.shape[1]), np.float32)])
         return cls(spec, keys, torch.from_numpy(emb).to(device), torch.from_numpy(state).to(device), meta)
 
     @property
@@ -93,10 +117,14 @@ class WorkingSetTable:
         self.spec.opt.update(w, st, grad)
         self.emb[urows] = w
         self.state[urows] = st
+        if self.null is not None:  # cheaper than masking it out of every batch: the null row stays zero
+            self.emb[self.null] = 0.0
+            self.state[self.null] = 0.0
 
     def rows(self) -> np.ndarray:
-        """Packed rows float32[n, width] on the host."""
-        return self.spec.layout.pack(self.emb.cpu().numpy(), self.state.cpu().numpy(), self.meta)
+        """Packed rows float32[n, width] of the keys on the host (the null row is not one of them)."""
+        n = len(self.keys)
+        return self.spec.layout.pack(self.emb[:n].cpu().numpy(), self.state[:n].cpu().numpy(), self.meta)
 
 
 class WorkingSet:
@@ -110,11 +138,19 @@ class WorkingSet:
         return sum(t.nbytes for t in self.tables.values())
 
     @staticmethod
-    def fetch(tier: RowTier, specs: dict[str, TableSpec], keys: dict[str, np.ndarray], seed: int) -> dict:
-        """Pull stage: packed rows of every working-set key from `tier`; keys it lacks get their initial rows.
+    def fetch(
+        tier: RowTier,
+        specs: dict[str, TableSpec],
+        keys: dict[str, np.ndarray],
+        seed: int,
+        *,
+        for_training: bool = True,
+    ) -> dict:
+        """Pull stage: packed rows of every working-set key from `tier`; keys it lacks get their initial rows
+        (outside training, in tables with ``zero_unseen``: zero rows, as admission would have them read).
 
         Returns:
-            table -> (rows float32[n, width], number of new keys).
+            table -> (rows float32[n, width], number of keys the tier lacked).
         """
         out = {}
         for name, k in keys.items():
@@ -122,7 +158,7 @@ class WorkingSet:
             rows, found = tier.read(name, k)
             missing = ~found
             n_new = int(missing.sum())
-            if n_new:
+            if n_new and (for_training or not spec.zero_unseen):
                 rows[missing] = spec.layout.new_rows(seed, name, k[missing], spec.init)
             out[name] = (rows, n_new)
         return out
@@ -134,9 +170,10 @@ class WorkingSet:
         keys: dict[str, np.ndarray],
         rows: dict[str, np.ndarray],
         device: str | torch.device,
+        null_rows: frozenset[str] | set[str] = frozenset(),
     ) -> WorkingSet:
-        """Load stage: packed host rows onto the device."""
-        return cls({n: WorkingSetTable.from_rows(specs[n], keys[n], rows[n], device) for n in keys})
+        """Load stage: packed host rows onto the device; tables in `null_rows` get a null row (see PassPlan)."""
+        return cls({n: WorkingSetTable.from_rows(specs[n], keys[n], rows[n], device, n in null_rows) for n in keys})
 
     def push(self, tier: RowTier, counts: dict[str, np.ndarray], pass_index: int) -> int:
         """Push stage: writes every row back to `tier` with count += occurrences and last_pass = pass_index.

@@ -16,7 +16,19 @@ from hier_ps.models.dlrm import DLRM
 from hier_ps.models.fm import FM
 from hier_ps.models.layers import MLP, CTRModel
 from hier_ps.models.lr import LR
-from hier_ps.models.registry import BUILTIN_MODELS, build_model
+from hier_ps.models.registry import BUILTIN_MODELS, build_model, build_model_for
 from hier_ps.models.wide_deep import WideDeep
 
-__all__ = ["BUILTIN_MODELS", "DLRM", "FM", "LR", "MLP", "CTRModel", "DCNv2", "DeepFM", "WideDeep", "build_model"]
+__all__ = [
+    "BUILTIN_MODELS",
+    "DLRM",
+    "FM",
+    "LR",
+    "MLP",
+    "CTRModel",
+    "DCNv2",
+    "DeepFM",
+    "WideDeep",
+    "build_model",
+    "build_model_for",
+]

@@ -10,6 +10,7 @@ from typing import Any
 
 from torch import nn
 
+from hier_ps.config import Config
 from hier_ps.errors import ConfigError
 from hier_ps.models.dcn_v2 import DCNv2
 from hier_ps.models.deepfm import DeepFM
@@ -18,7 +19,7 @@ from hier_ps.models.fm import FM
 from hier_ps.models.lr import LR
 from hier_ps.models.wide_deep import WideDeep
 
-__all__ = ["BUILTIN_MODELS", "build_model"]
+__all__ = ["BUILTIN_MODELS", "build_model", "build_model_for"]
 
 #: Built-in model name -> class. Each class takes ``(*, dense_dim, slot_dims, num_tasks=1, **its own args)``.
 BUILTIN_MODELS: dict[str, type[nn.Module]] = {
@@ -147,3 +148,14 @@ def build_model(
     if not isinstance(model, nn.Module):
         raise ConfigError(f"model.name: {name!r} built a {type(model).__name__}, not a torch.nn.Module")
     return model
+
+
+def build_model_for(cfg: Config) -> nn.Module:
+    """The model an experiment config names, sized by its data section (dense features, slots, label columns)."""
+    return build_model(
+        cfg.model.name,
+        dense_dim=len(cfg.data.dense),
+        slot_dims={s.name: cfg.table(s.table).dim for s in cfg.data.sparse},
+        num_tasks=len(cfg.data.labels),
+        args=cfg.model.args,
+    )
