@@ -1,4 +1,4 @@
-"""The ``hier-ps`` command line: train, eval, gen-data, convert criteo.
+"""The ``hier-ps`` command line: train, eval, export, gen-data, convert criteo.
 
 ``main(argv)`` is the entry point (testable in-process). User errors print one line and exit with code 2.
 """
@@ -32,6 +32,12 @@ def _parser() -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="evaluate a finished run on data.eval")
     e.add_argument("config", help="a run directory (uses its config.yaml) or a YAML config")
     e.add_argument("overrides", nargs="*", help="config overrides a.b=c")
+
+    x = sub.add_parser("export", help="export a run's newest checkpoint for serving (full, or a delta since an export)")
+    x.add_argument("run_dir", help="the run directory")
+    x.add_argument("out", help="export directory to create")
+    x.add_argument("--dtype", choices=["fp32", "fp16"], default="fp32", help="embedding type (default fp32)")
+    x.add_argument("--since", default=None, metavar="EXPORT", help="write a delta against this earlier export")
 
     g = sub.add_parser("gen-data", help="write a synthetic Criteo-like Parquet data set with a known oracle AUC")
     g.add_argument("out_dir")
@@ -92,6 +98,19 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    from hier_ps.export import export_run
+
+    m = export_run(args.run_dir, args.out, dtype=args.dtype, since=args.since)
+    rows = sum(t["keys"]["rows"] for t in m["tables"].values())
+    size = sum(t["keys"]["bytes"] + t["emb"]["bytes"] for t in m["tables"].values())
+    what = f"{m['kind']} export of pass {m['pass_index']}: {rows:,} rows ({size / 2**20:.1f} MiB)"
+    if m["kind"] == "delta":
+        what += f", {sum(t['deleted']['rows'] for t in m['tables'].values()):,} deleted"
+    print(f"wrote {args.out}: {what}")
+    return 0
+
+
 def _gen_data(args: argparse.Namespace) -> int:
     from hier_ps.data import generate_synthetic
 
@@ -123,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
             datefmt="%H:%M:%S",
             stream=sys.stderr,
         )
-    commands = {"train": _train, "eval": _eval, "gen-data": _gen_data, "convert": _convert}
+    commands = {"train": _train, "eval": _eval, "export": _export, "gen-data": _gen_data, "convert": _convert}
     try:
         return commands[args.command](args)
     except HierPSError as e:

@@ -7,7 +7,7 @@ that line and exits with code 2; it never shows a traceback for these.
 
 from __future__ import annotations
 
-__all__ = ["ConfigError", "DataError", "HierPSError", "StoreError", "StoreLockedError"]
+__all__ = ["ConfigError", "DataError", "ExportError", "HierPSError", "StoreError", "StoreLockedError"]
 
 
 class HierPSError(Exception):
@@ -28,3 +28,8 @@ class StoreError(HierPSError):
 
 class StoreLockedError(StoreError):
     """A store directory is already opened for writing by another process."""
+
+
+class ExportError(HierPSError):
+    """An export cannot be written or loaded: a missing or corrupt file, a delta on the wrong base, a run still
+    writing."""

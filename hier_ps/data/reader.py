@@ -124,7 +124,8 @@ class ParquetReader:
 
     Args:
         paths: a glob pattern (``**`` allowed), a directory (its ``*.parquet``), a file, or a list of these. Each item
-            is expanded and sorted; items keep their order; a file matched twice is read once.
+            is expanded and sorted; items keep their order; a file matched twice is read once. None: no files, for
+            a reader that only converts in-memory Arrow tables (:meth:`convert`).
         label: label columns (one per task).
         dense: dense feature columns, in model input order (may be empty).
         slots: slot name -> column. Several slots may read one column.
@@ -151,7 +152,7 @@ class ParquetReader:
 
     def __init__(
         self,
-        paths: str | Sequence[str],
+        paths: str | Sequence[str] | None,
         *,
         label: Sequence[str],
         dense: Sequence[str],
@@ -172,7 +173,7 @@ class ParquetReader:
         self.on_invalid = on_invalid
         self.dense_transform = dense_transform
         self.read_rows = int(read_rows)
-        self.files: list[str] = _expand(paths)
+        self.files: list[str] = [] if paths is None else _expand(paths)
         self.columns = list(dict.fromkeys([*self.label, *self.dense, *self.slots.values()]))
         self.num_invalid = 0
         self.num_rows = sum(self._validate(f) for f in self.files)
@@ -184,6 +185,32 @@ class ParquetReader:
             schema = meta.schema.to_arrow_schema()
         except Exception as e:  # any failure to read a footer means the file is not usable Parquet
             raise DataError(f"{path}: not a readable Parquet file ({_one_line(e)})") from None
+        self._check_schema(schema, path)
+        return meta.num_rows
+
+    def convert(self, table: pa.Table | pa.RecordBatch, source: str = "<table>") -> ExampleChunk:
+        """Converts an in-memory Arrow table with the same columns and checks as files get.
+
+        Args:
+            table: the examples.
+            source: what error messages call it.
+
+        Returns:
+            One chunk of all the table's valid examples.
+        """
+        self._check_schema(table.schema, source)
+        if isinstance(table, pa.RecordBatch):
+            table = pa.Table.from_batches([table])
+        table = table.select(self.columns)
+        chunks, row_base = [], 0
+        for rb in table.to_batches(max_chunksize=self.read_rows):
+            chunks.append(self._convert(rb, source, row_base))
+            row_base += rb.num_rows
+        if not chunks:
+            chunks = [self._convert(pa.RecordBatch.from_pylist([], schema=table.schema), source, 0)]
+        return ExampleChunk.concat(chunks)
+
+    def _check_schema(self, schema: pa.Schema, path: str) -> None:
         roles = [(c, "label", "label") for c in self.label] + [(c, "dense", "dense") for c in self.dense]
         roles += [(c, "slot", f"slot {s}") for s, c in self.slots.items()]
         for col, role, what in roles:
@@ -194,7 +221,6 @@ class ParquetReader:
             expected = _check_type(role, t)
             if expected is not None:
                 raise DataError(f"{path}: column {col!r} ({what}) has type {t}, expected {expected}")
-        return meta.num_rows
 
     def iter_chunks(self, chunk_rows: int) -> Iterator[ExampleChunk]:
         """Yields chunks of exactly ``chunk_rows`` examples in file order; only the last one may be shorter.

@@ -102,8 +102,8 @@ class _Table:
         self.index.remove(keys[last[dead]])
         self.index.put(keys[last[~dead]], slots[last[~dead]])
 
-    def open(self) -> None:
-        self.file = DataFile(self.path, self.width, self.committed)
+    def open(self, readonly: bool = False) -> None:
+        self.file = DataFile(self.path, self.width, self.committed, readonly=readonly)
 
     @property
     def f(self) -> DataFile:
@@ -126,6 +126,9 @@ class SSDStore:
         generation: open this committed generation instead of the newest (later ones are discarded).
         read_threads: threads a large read uses to keep several I/Os in flight (default: the CPU count, at most
             8); 1 reads in the calling thread only.
+        readonly: open to read only (exports): a shared lock, so that no writer can open the store meanwhile
+            (several readers can); nothing on disk changes (later generations are kept, files are not cut); writes,
+            deletes, commits and compaction raise StoreError.
 
     Raises:
         StoreLockedError: another process (or another SSDStore) has the directory open.
@@ -140,12 +143,19 @@ class SSDStore:
         *,
         generation: int | None = None,
         read_threads: int | None = None,
+        readonly: bool = False,
     ) -> None:
         self.dir = Path(directory)
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self._lock_fd: int | None = os.open(self.dir / "LOCK", os.O_RDWR | os.O_CREAT, 0o644)
+        self.readonly = readonly
+        if readonly:
+            if not (self.dir / "LOCK").is_file():
+                raise StoreError(f"'{self.dir}' is not a store directory (no LOCK file)")
+            self._lock_fd: int | None = os.open(self.dir / "LOCK", os.O_RDONLY)
+        else:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            self._lock_fd = os.open(self.dir / "LOCK", os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(self._lock_fd, (fcntl.LOCK_SH if readonly else fcntl.LOCK_EX) | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(self._lock_fd)
             self._lock_fd = None
@@ -200,6 +210,10 @@ class SSDStore:
                 self.tables[name] = _Table(self, name, width, entry)
             except (KeyError, TypeError, ValueError, AttributeError):
                 raise StoreError(f"{mpath}: corrupt manifest (entry of table {name!r})") from None
+        if self.readonly:
+            for t in self.tables.values():
+                t.open(readonly=True)
+            return
         # Only now that every table has loaded: forget later generations (durably) before cutting data files back
         # to this one, so that no surviving manifest ever points past the end of a data file.
         later = [g for g in self.generations() if g > gen]
@@ -232,6 +246,7 @@ class SSDStore:
         Compaction leaves older generations (and the files they need) in place so that older checkpoints can still
         be resumed; this is how they are let go.
         """
+        self._check_usable()
         for g in self.generations():
             if g not in generations and g != self.generation:
                 (self.dir / _manifest_name(g)).unlink()
@@ -281,6 +296,8 @@ class SSDStore:
         return self._failed is not None
 
     def _check_usable(self) -> None:
+        if self.readonly:
+            raise StoreError(f"store '{self.dir}' is open read-only")
         if self._failed:
             raise StoreError(f"store '{self.dir}' failed earlier ({self._failed}); reopen it to get its last commit")
 

@@ -143,16 +143,19 @@ class DataFile:
         StoreError: the data file is shorter than its last commit says.
     """
 
-    def __init__(self, path: Path, width: int, committed_rows: int) -> None:
+    def __init__(self, path: Path, width: int, committed_rows: int, *, readonly: bool = False) -> None:
         self.path, self.width = path, width
         self.row_bytes = 4 * (width + 1)
-        self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        size = os.fstat(self.fd).st_size
         need = committed_rows * self.row_bytes
+        if readonly and not committed_rows and not path.exists():
+            self.fd = os.open(os.devnull, os.O_RDONLY)  # a table with no rows yet: nothing to read, nothing to make
+        else:
+            self.fd = os.open(path, os.O_RDONLY if readonly else os.O_RDWR | os.O_CREAT, 0o644)
+        size = os.fstat(self.fd).st_size
         if size < need:
             os.close(self.fd)
             raise StoreError(f"{path}: data file holds {size} bytes, its last commit needs {need} (truncated store)")
-        if size > need:
+        if size > need and not readonly:
             os.ftruncate(self.fd, need)  # rows appended after that commit
         self.n_slots = committed_rows
         self._map: np.ndarray | None = None
