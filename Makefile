@@ -31,6 +31,7 @@ bench: $(STAMP)
 	$(BIN)/pip install -q rocksdict
 	$(BIN)/python benchmarks/e2e_bench.py
 	$(BIN)/python benchmarks/ssd_bench.py
+	$(BIN)/python benchmarks/serve_bench.py
 
 clean:
 	rm -rf runs .pytest_cache .ruff_cache
