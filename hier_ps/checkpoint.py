@@ -110,11 +110,12 @@ def load_state(ck: Checkpoint, device: torch.device) -> dict[str, Any]:
     return torch.load(ck.path / "dense.pt", map_location=device, weights_only=True)
 
 
-def prune(root: Path, keep: int, valid_generations: set[int]) -> None:
-    """Keeps the newest `keep` checkpoints whose store generation still exists; removes the rest and leftovers."""
+def prune(root: Path, keep: int, valid_generations: set[int] | None) -> None:
+    """Keeps the newest `keep` checkpoints whose store generation still exists (None: no such check, for runs of
+    several ranks, whose stores keep every generation their checkpoints name); removes the rest and leftovers."""
     kept = 0
     for ck in list_checkpoints(root):
-        if kept < keep and ck.store_generation in valid_generations:
+        if kept < keep and (valid_generations is None or ck.store_generation in valid_generations):
             kept += 1
         else:
             shutil.rmtree(ck.path)

@@ -55,22 +55,16 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _check_world() -> None:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1:
-        raise HierPSError(f"WORLD_SIZE={world}: multi-rank training is not available yet; use --nproc_per_node=1")
-
-
 def _train(args: argparse.Namespace) -> int:
     from hier_ps.trainer import Trainer
 
-    _check_world()
     cfg = load_config(args.config, overrides=args.overrides)
     if args.quiet:
         cfg.train.progress = False
     with Trainer(cfg) as trainer:
         summary = trainer.fit()
-    _print_summary(summary, cfg.run.dir)
+    if int(os.environ.get("RANK", "0")) == 0:  # one summary for a run of several ranks
+        _print_summary(summary, cfg.run.dir)
     return 0
 
 

@@ -102,6 +102,13 @@ class ResumeMode(enum.StrEnum):
     REQUIRED = "required"  #: resume, or stop with an error when no valid checkpoint exists
 
 
+class EmbeddingSharding(enum.StrEnum):
+    """How the ranks of a multi-rank run hold a pass's working set."""
+
+    REPLICATED = "replicated"  #: every rank holds all of it; row gradients are all-reduced per global batch
+    ROW_WISE = "row_wise"  #: each rank holds the rows it owns; lookups and gradients travel by all-to-all (not yet)
+
+
 class DenseTransform(enum.StrEnum):
     """Transform applied to dense features as they are read."""
 
@@ -353,6 +360,9 @@ class TrainConfig:
     max_passes: int | None = None  #: stop after this many passes (all epochs together)
     progress: bool = True  #: show a progress bar with examples/s on stderr
     resume: ResumeMode = ResumeMode.AUTO  #: continue from the newest valid checkpoint in run.dir
+    #: several ranks (torchrun): how the working set is held; batch_size is per rank (global batch = ranks x it)
+    embedding_sharding: EmbeddingSharding = EmbeddingSharding.REPLICATED
+    collective_timeout_s: float = 300.0  #: several ranks: a collective waiting this long for a rank fails the run
 
     def __post_init__(self) -> None:
         if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
@@ -362,6 +372,8 @@ class TrainConfig:
                 raise ConfigError(f"{f}: must be > 0, got {getattr(self, f)}")
         if self.max_passes is not None and self.max_passes <= 0:
             raise ConfigError(f"max_passes: must be > 0, got {self.max_passes}")
+        if self.collective_timeout_s <= 0:
+            raise ConfigError(f"collective_timeout_s: must be > 0, got {self.collective_timeout_s}")
 
 
 @dataclass(kw_only=True)

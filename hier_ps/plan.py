@@ -46,9 +46,30 @@ class BatchPlan:
     dense: np.ndarray
     slots: dict[str, tuple[np.ndarray, np.ndarray]]
     tables: dict[str, tuple[np.ndarray, np.ndarray]]
+    table_slots: dict[str, list[str]] = field(default_factory=dict)  #: table -> its slots, in slot order
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    def slice(self, lo: int, hi: int) -> BatchPlan:
+        """Examples [lo, hi) of this batch, for one rank of a data-parallel step: their occurrences keep pointing
+        at the whole batch's unique rows (``tables`` keeps its urows), so the ranks' row gradients can be summed."""
+        slots: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        bounds: dict[str, tuple[int, int]] = {}
+        for slot, (off, idx) in self.slots.items():
+            a, b = int(off[lo]), int(off[hi])
+            slots[slot] = (off[lo : hi + 1] - a, idx[a:b])
+            bounds[slot] = (a, b)
+        tables = {}
+        for table, (urows, inv) in self.tables.items():
+            parts, start = [], 0
+            for slot in self.table_slots[table]:
+                n = int(self.slots[slot][0][-1])
+                a, b = bounds[slot]
+                parts.append(inv[start + a : start + b])
+                start += n
+            tables[table] = (urows, parts[0] if len(parts) == 1 else np.concatenate(parts))
+        return BatchPlan(self.labels[lo:hi], self.dense[lo:hi], slots, tables, self.table_slots)
 
 
 @dataclass
@@ -108,7 +129,10 @@ class PassPlan:
             uo = self.urow_offsets[table]
             inv = parts[0] if len(parts) == 1 else np.concatenate(parts)
             tables[table] = (self.urows[table][uo[i] : uo[i + 1]], inv)
-        return BatchPlan(self.chunk.labels[start:stop], self.chunk.dense[start:stop], slots, tables)
+        by_table: dict[str, list[str]] = {}
+        for slot, table in self.slot_tables.items():
+            by_table.setdefault(table, []).append(slot)
+        return BatchPlan(self.chunk.labels[start:stop], self.chunk.dense[start:stop], slots, tables, by_table)
 
 
 Admit = Callable[[str, np.ndarray, np.ndarray, np.ndarray], np.ndarray]

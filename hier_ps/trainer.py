@@ -47,6 +47,7 @@ from hier_ps.hostmem import HostCache
 from hier_ps.metrics import auc, logloss
 from hier_ps.models import build_model_for
 from hier_ps.plan import BatchPlan, PassPlan, plan_pass
+from hier_ps.ring.group import Ring, owner, sum_hook
 from hier_ps.ssd import SSDStore
 
 __all__ = ["Trainer", "resolve_device"]
@@ -80,6 +81,14 @@ def _dense_optimizer(cfg: DenseOptimizerConfig, params: Any) -> torch.optim.Opti
     return torch.optim.Adagrad(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
+def _is_comm_failure(e: BaseException) -> bool:
+    """A collective failed because a peer went away or timed out (gloo and NCCL word these differently)."""
+    if isinstance(e, torch.distributed.DistError):
+        return True
+    msg = str(e).lower()
+    return any(s in msg for s in ("connection closed", "connection reset", "timed out", "timeout", "broken pipe"))
+
+
 def _occurrence_grads(pooled_grad: torch.Tensor, offsets: torch.Tensor, pooling: str) -> torch.Tensor:
     """Per-key-occurrence gradients of one slot: pooled_grad float[B, dim], offsets int64[B+1] -> float[nnz, dim]."""
     lengths = offsets[1:] - offsets[:-1]
@@ -103,6 +112,23 @@ class Trainer:
         self.cfg = cfg if isinstance(cfg, Config) else load_config(cfg)
         cfg = self.cfg
         self.device = resolve_device(cfg.train.device)
+        self.ring = Ring.from_env(self.device.type, cfg.train.collective_timeout_s)
+        if self.ring is not None:
+            if cfg.train.embedding_sharding != "replicated":
+                raise ConfigError(
+                    f"train.embedding_sharding: {cfg.train.embedding_sharding.value!r} is not available yet on "
+                    "several ranks; use replicated"
+                )
+            if self.device.type == "cuda":
+                self.device = torch.device("cuda", self.ring.local_rank)
+                torch.cuda.set_device(self.device)
+            if not self.ring.is_main:  # rank 0 alone logs progress (warnings and errors still show everywhere)
+                log.addFilter(lambda r: r.levelno >= logging.WARNING)
+        self.world = self.ring.world if self.ring else 1
+        self.rank = self.ring.rank if self.ring else 0
+        self.is_main = self.rank == 0
+        # Each rank owns the keys owner(key) == rank in all tiers, in its own store directory.
+        self.store_dir = cfg.store_dir / f"rank-{self.rank}" if self.ring else cfg.store_dir
         self.run_dir = Path(cfg.run.dir)
         self.slot_tables = {s.name: s.table for s in cfg.data.sparse}
         self.pooling = {s.name: s.pooling.value for s in cfg.data.sparse}
@@ -123,6 +149,13 @@ class Trainer:
         self.admission = Admission({t.name: t.admission for t in cfg.tables if t.admission is not None})
         torch.manual_seed(cfg.run.seed)
         self.model = (model if model is not None else build_model_for(cfg)).to(self.device)
+        self.ddp: torch.nn.Module = self.model  # what training calls: DDP over the ranks, or the model itself
+        if self.ring is not None:
+            from torch.nn.parallel import DistributedDataParallel
+
+            dev = [self.device.index] if self.device.type == "cuda" else None
+            self.ddp = DistributedDataParallel(self.model, device_ids=dev)
+            self.ddp.register_comm_hook(None, sum_hook)
         self.dense_opt = _dense_optimizer(cfg.dense_optimizer, self.model.parameters())
 
         self.ckpt_root = self.run_dir / "checkpoints"
@@ -134,13 +167,14 @@ class Trainer:
         self._checkpointed_pass = -1
         self.store = self._open_store({n: s.layout.width for n, s in self.specs.items()})
         self.rows_total = {n: self.store.num_rows(n) for n in self.specs}  # every row is in the store at a commit
+        self._owned_new: dict[str, int] = {}
         self.host = HostCache(self.store, int(cfg.store.host_cache_bytes))
         self._closed = False
         log.info(
             "hier_ps: device %s, %d tables, store %s, host cache %.1f MiB",
             self.device,
             len(self.specs),
-            cfg.store_dir,
+            self.store_dir,
             int(cfg.store.host_cache_bytes) / 2**20,
         )
 
@@ -168,18 +202,26 @@ class Trainer:
         log.info("generated synthetic data in %.1f s", time.perf_counter() - t0)
 
     def _wipe_run_dir(self) -> None:
-        SSDStore.destroy(self.cfg.store_dir)  # refuses while another process uses the store
-        shutil.rmtree(self.ckpt_root, ignore_errors=True)
-        for name in ("metrics.jsonl", "dense.pt", "summary.json", "config.yaml"):
-            (self.run_dir / name).unlink(missing_ok=True)
+        SSDStore.destroy(self.store_dir)  # refuses while another process uses the store
+        if self.is_main:
+            shutil.rmtree(self.ckpt_root, ignore_errors=True)
+            for name in ("metrics.jsonl", "dense.pt", "summary.json", "config.yaml"):
+                (self.run_dir / name).unlink(missing_ok=True)
+        if self.ring:
+            self.ring.barrier()
 
     def _open_store(self, widths: dict[str, int]) -> SSDStore:
         """Opens the store at the newest valid checkpoint's generation (and restores that checkpoint), or fresh."""
         mode = self.cfg.train.resume
         if mode != ResumeMode.NEVER:
             for ck in list_checkpoints(self.ckpt_root):
+                if ck.meta.get("world", 1) != self.world:
+                    raise HierPSError(
+                        f"checkpoint {ck.path} was written by {ck.meta.get('world', 1)} rank(s); resuming on "
+                        f"{self.world} is not available yet: run with {ck.meta.get('world', 1)} rank(s)"
+                    )
                 try:
-                    store = SSDStore(self.cfg.store_dir, widths, generation=ck.store_generation)
+                    store = SSDStore(self.store_dir, widths, generation=self._generation_of(ck))
                 except StoreLockedError:
                     raise
                 except StoreError as e:
@@ -193,7 +235,11 @@ class Trainer:
                 return store
             if mode == ResumeMode.REQUIRED:
                 raise HierPSError(f"train.resume=required but {str(self.ckpt_root)!r} holds no valid checkpoint")
-        return SSDStore(self.cfg.store_dir, widths)
+        return SSDStore(self.store_dir, widths)
+
+    def _generation_of(self, ck: Checkpoint) -> int:
+        """This rank's store generation in a checkpoint."""
+        return int(ck.meta["store_generations"][self.rank]) if "store_generations" in ck.meta else ck.store_generation
 
     def _restore(self, ck: Checkpoint) -> None:
         state = load_state(ck, self.device)
@@ -239,8 +285,10 @@ class Trainer:
         gen = self.store.commit()
         if self.store.stale_rows() > cfg.store.compact_stale_fraction * max(self.store.total_rows(), 1):
             gen = self.store.compact()
-        metrics_f.flush()
-        os.fsync(metrics_f.fileno())
+        gens = self.ring.all_gather_ints(gen) if self.ring else [gen]
+        if self.is_main:
+            metrics_f.flush()
+            os.fsync(metrics_f.fileno())
         state: dict[str, Any] = {
             "model": self.model.state_dict(),
             "optimizer": self.dense_opt.state_dict(),
@@ -260,13 +308,21 @@ class Trainer:
             "store_generation": gen,
             "metrics_bytes": metrics_f.tell(),
         }
-        write_checkpoint(self.ckpt_root, state, meta, yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
-        prune(self.ckpt_root, cfg.checkpoint.keep, set(self.store.generations()))
-        self.store.retain({ck.store_generation for ck in list_checkpoints(self.ckpt_root)})
+        if self.ring is None:
+            write_checkpoint(self.ckpt_root, state, meta, yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+            prune(self.ckpt_root, cfg.checkpoint.keep, set(self.store.generations()))
+        else:
+            # Every rank has committed its store; rank 0 writes the checkpoint that names all their generations.
+            meta.update(world=self.world, store_generations=gens)
+            if self.is_main:
+                write_checkpoint(self.ckpt_root, state, meta, yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+                prune(self.ckpt_root, cfg.checkpoint.keep, None)
+            self.ring.barrier()
+        self.store.retain({self._generation_of(ck) for ck in list_checkpoints(self.ckpt_root)})
         self._checkpointed_pass = self.pass_index
         log.info(
-            "checkpoint after pass %d (store generation %d) in %.2f s",
-            self.pass_index - 1,
+            "checkpoint %s (store generation %d) in %.2f s",
+            f"after pass {self.pass_index - 1}" if self.pass_index else "of the start",
             gen,
             time.perf_counter() - t0,
         )
@@ -312,13 +368,26 @@ class Trainer:
         return out
 
     def _store_bytes(self) -> int:
-        """Bytes of the store directory's files (live, stale and retained for older checkpoints)."""
+        """Bytes of the store directories' files (live, stale and retained for older checkpoints), all ranks."""
         total = 0
-        with os.scandir(self.cfg.store_dir) as it:
+        with os.scandir(self.store_dir) as it:
             for e in it:
                 if e.is_file(follow_symlinks=False):
                     total += e.stat(follow_symlinks=False).st_size
-        return total
+        return self._sum_ranks({"b": total})["b"]
+
+    def _sum_ranks(self, counts: dict[str, int]) -> dict[str, int]:
+        """Per-key sums of integer counts over the ranks (the counts themselves in one process)."""
+        if self.ring is None:
+            return dict(counts)
+        t = torch.tensor(list(counts.values()), dtype=torch.int64, device=self._comm_device)
+        self.ring.all_reduce_(t)
+        return dict(zip(counts, t.tolist(), strict=True))
+
+    @property
+    def _comm_device(self) -> torch.device:
+        """Where collective buffers live: the GPU for NCCL, the CPU for gloo."""
+        return self.device if self.ring is not None and self.ring.backend == "nccl" else torch.device("cpu")
 
     def _oracle_auc(self) -> float | None:
         candidates = []
@@ -335,6 +404,24 @@ class Trainer:
 
     # ------------------------------------------------------------------ training
     def fit(self) -> dict[str, Any]:
+        """Trains for train.epochs (or train.max_passes) and evaluates; returns the run summary (see _fit).
+
+        Raises:
+            HierPSError: among others, on several ranks when another rank died or stopped answering (one line; the
+                run resumes from its last checkpoint when started again).
+        """
+        try:
+            return self._fit()
+        except RuntimeError as e:
+            if self.ring is None or not _is_comm_failure(e):
+                raise
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise HierPSError(
+                f"rank {self.rank} of {self.world}: lost contact with another rank, which probably died or hangs "
+                f"({first[:300]}); start the run again to resume from its last checkpoint"
+            ) from None
+
+    def _fit(self) -> dict[str, Any]:
         """Trains for train.epochs (or train.max_passes) and evaluates; returns the run summary.
 
         Returns:
@@ -345,11 +432,12 @@ class Trainer:
         cfg = self.cfg
         if self.resumed_from is None and self.pass_index == 0 and any(self.store.num_rows(t) for t in self.specs):
             raise HierPSError(
-                f"store {str(cfg.store_dir)!r} already holds a model but run.dir has no valid checkpoint to resume; "
+                f"store {str(self.store_dir)!r} already holds a model but run.dir has no valid checkpoint to resume; "
                 "choose a new run.dir or set run.overwrite=true to start over"
             )
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, self.run_dir / "config.yaml")
+        if self.is_main:
+            save_config(cfg, self.run_dir / "config.yaml")
         total = self.train_reader.num_rows * cfg.train.epochs
         if cfg.train.max_passes is not None:
             total = min(total, cfg.train.max_passes * cfg.train.pass_examples)
@@ -360,10 +448,10 @@ class Trainer:
             unit_scale=True,
             dynamic_ncols=True,
             desc="train",
-            disable=not cfg.train.progress,
+            disable=not cfg.train.progress or not self.is_main,
             mininterval=1.0,
         )
-        metrics_f = (self.run_dir / "metrics.jsonl").open("a")
+        metrics_f = (self.run_dir / "metrics.jsonl" if self.is_main else Path(os.devnull)).open("a")
         redirect = logging_redirect_tqdm()  # log lines print above the progress bar, not through it
         redirect.__enter__()
         t_start = time.perf_counter()
@@ -376,6 +464,10 @@ class Trainer:
             return limit is not None and self.pass_index >= limit
 
         try:
+            if self.resumed_from is None and self.pass_index == 0:
+                # A checkpoint of the empty start: a crash before the first real checkpoint resumes from here, so that
+                # the store's commits are never without a checkpoint that names them.
+                self._checkpoint(metrics_f)
             while self.epoch < cfg.train.epochs and not limit_hit():
                 # The data cursor: passes already done in this epoch are read and skipped, never trained twice.
                 chunks = itertools.islice(
@@ -412,8 +504,8 @@ class Trainer:
                     # Eviction keeps to the checkpoint schedule (not to where a run happens to stop), so that a
                     # run stopped at max_passes and continued later ends as if it had never stopped.
                     if scheduled or (final and not ck_every):
-                        last["evicted"] = self._evict()
-                    last["rows"] = dict(self.rows_total)
+                        last["evicted"] = self._sum_ranks(self._evict())
+                    last["rows"] = self._sum_ranks(self.rows_total)
                     last["store_bytes"] = self._store_bytes()
                     metrics_f.write(json.dumps(last) + "\n")
                     metrics_f.flush()
@@ -422,7 +514,8 @@ class Trainer:
             bar.close()
             if self._checkpointed_pass != self.pass_index:
                 self._checkpoint(metrics_f)
-            self.save_dense(self.run_dir / "dense.pt")
+            if self.is_main:
+                self.save_dense(self.run_dir / "dense.pt")
             wall = time.perf_counter() - t_start
             summary: dict[str, Any] = {
                 "examples": self.examples_seen,
@@ -430,6 +523,7 @@ class Trainer:
                 "train_loss": last.get("train_loss"),
                 "examples_per_s": trained / wall if wall > 0 else 0.0,
                 "wall_s": wall,
+                "ranks": self.world,
                 "resumed_from": str(self.resumed_from) if self.resumed_from else None,
                 "oracle_auc": self._oracle_auc(),
                 "invalid_examples_skipped": self.train_reader.num_invalid,
@@ -440,7 +534,8 @@ class Trainer:
                 summary.update({k: ev[k] for k in keys})
             else:
                 summary.update(eval_auc=None, eval_logloss=None)
-            (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+            if self.is_main:
+                (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
             return summary
         finally:
             bar.close()
@@ -456,14 +551,15 @@ class Trainer:
         plan = plan_pass(
             chunk,
             self.slot_tables,
-            cfg.train.batch_size,
+            cfg.train.batch_size * self.world,  # global batches; each rank trains its slice of each
             self.pass_index,
             admit=self.admission.admit if self.admission else None,
             admission_tables=set(self.admission.sketches),
         )
         t1 = time.perf_counter()
         ssd_before = dict(self.store.stats)
-        fetched = WorkingSet.fetch(self.host, self.specs, plan.keys, cfg.run.seed)
+        fetched = self._fetch(plan.keys, for_training=True)
+        owned_new = self._owned_new
         t2 = time.perf_counter()
         rows = {n: r for n, (r, _) in fetched.items()}
         self._check_hbm_budget(rows)
@@ -472,14 +568,15 @@ class Trainer:
         t3 = time.perf_counter()
         loss_sum = self._train_pass(plan, ws, bar)
         t4 = time.perf_counter()
-        pushed = ws.push(self.host, plan.counts, self.pass_index)
+        mine = {n: owner(k, self.world) == self.rank for n, k in plan.keys.items()} if self.ring else None
+        pushed = ws.push(self.host, plan.counts, self.pass_index, mine)
         del ws
         t5 = time.perf_counter()
         times.update(plan=t1 - t0, pull=t2 - t1, load=t3 - t2, train=t4 - t3, push=t5 - t4)
         self.pass_index += 1
         self.examples_seen += len(chunk)
         ssd = {k: v - ssd_before.get(k, 0) for k, v in self.store.stats.items() if isinstance(v, int | float)}
-        for n, (_, n_new) in fetched.items():
+        for n, n_new in owned_new.items():
             self.rows_total[n] += n_new
         rec = {
             "pass": self.pass_index - 1,
@@ -530,12 +627,19 @@ class Trainer:
             )
 
     def _train_pass(self, plan: PassPlan, ws: WorkingSet, bar: tqdm) -> float:
+        """Trains every batch of the pass; returns the sum of the examples' losses (over all ranks)."""
         self.model.train()
         loss_sum = 0.0
         for i in range(plan.num_batches):
             b = plan.batch(i)
-            loss_sum += self._train_step(b, ws) * len(b)
-            bar.update(len(b))
+            n = len(b)
+            if self.ring is not None:  # DESIGN.md contract 4: rank r trains the r-th contiguous slice
+                b = b.slice(self.rank * n // self.world, (self.rank + 1) * n // self.world)
+            loss_sum += self._train_step(b, ws, n) * n
+            bar.update(n)
+        if self.ring is not None:
+            t = torch.tensor([loss_sum], dtype=torch.float64, device=self._comm_device)
+            loss_sum = float(self.ring.all_reduce_(t).item())
         return loss_sum
 
     def _to_device(self, a: np.ndarray) -> torch.Tensor:
@@ -553,14 +657,17 @@ class Trainer:
         logits = self.model(dense, pooled)
         return logits.reshape(len(dense), len(self.tasks))
 
-    def _train_step(self, b: BatchPlan, ws: WorkingSet) -> float:
+    def _train_step(self, b: BatchPlan, ws: WorkingSet, global_len: int) -> float:
+        """One step on batch `b`, this rank's part of a global batch of `global_len` examples (all of it in one
+        process); returns this rank's share of the loss."""
         labels, dense = self._to_device(b.labels), self._to_device(b.dense)
         pooled, offsets = self._pooled(b, ws)
         for p in pooled.values():
             p.requires_grad_(True)
-        logits = self._logits(dense, pooled)
-        # Loss: mean over the batch of the sum over tasks (DESIGN.md contract 3).
-        loss = F.binary_cross_entropy_with_logits(logits, labels, reduction="sum") / len(b)
+        logits = self.ddp(dense, pooled).reshape(len(dense), len(self.tasks))
+        # Loss: mean over the global batch of the sum over tasks (DESIGN.md contract 3); DDP sums the ranks' dense
+        # gradients (sum_hook), and the ranks' row gradients are summed below.
+        loss = F.binary_cross_entropy_with_logits(logits, labels, reduction="sum") / global_len
         self.dense_opt.zero_grad(set_to_none=True)
         loss.backward()
         self.dense_opt.step()
@@ -570,12 +677,61 @@ class Trainer:
             if g is None:
                 g = torch.zeros_like(pooled[slot])
             occ.setdefault(table, []).append(_occurrence_grads(g, offsets[slot], self.pooling[slot]))
+        grads = {}
         for table, (urows, inv) in b.tables.items():
             parts = occ[table]
             src = parts[0] if len(parts) == 1 else torch.cat(parts)
-            grad = segment_sum(src, self._to_device(inv), len(urows))
-            ws.tables[table].apply(self._to_device(urows), grad)
+            grads[table] = segment_sum(src, self._to_device(inv), len(urows))
+        if self.ring is not None:  # replicated: one all-reduce for all tables; every rank applies the same sums
+            flat = self.ring.all_reduce_(torch.cat([g.reshape(-1) for g in grads.values()]).to(self._comm_device))
+            sizes = [g.numel() for g in grads.values()]
+            grads = {
+                t: part.view_as(g).to(self.device)
+                for (t, g), part in zip(grads.items(), torch.split(flat, sizes), strict=True)
+            }
+        for table, (urows, _) in b.tables.items():
+            ws.tables[table].apply(self._to_device(urows), grads[table])
         return float(loss.detach())
+
+    def _fetch(self, keys: dict[str, np.ndarray], for_training: bool) -> dict[str, tuple[np.ndarray, int]]:
+        """Pull: rows of `keys` (the same on every rank) from the tiers; on several ranks each rank reads the keys
+        it owns and an all-reduce gives every rank all rows (replicated working set).
+
+        Returns:
+            table -> (rows float32[n, width], keys without a row on any rank). Sets ``_owned_new``: table -> keys
+            without a row among this rank's own.
+        """
+        seed = self.cfg.run.seed
+        if self.ring is None:
+            out = WorkingSet.fetch(self.host, self.specs, keys, seed, for_training=for_training)
+            self._owned_new = {n: n_new for n, (_, n_new) in out.items()}
+            return out
+        mine = {n: owner(k, self.world) == self.rank for n, k in keys.items()}
+        local = WorkingSet.fetch(
+            self.host, self.specs, {n: k[mine[n]] for n, k in keys.items()}, seed, for_training=for_training
+        )
+        self._owned_new = {n: n_new for n, (_, n_new) in local.items()}
+        # Floats (embedding, state) and the int64 metadata's bits (as int32 pairs) travel separately: a sum with
+        # zeros keeps floats exact, but metadata bits read as floats could be NaN or denormal.
+        floats, ints = [], []
+        for n, k in keys.items():
+            width = self.specs[n].layout.width
+            full = np.zeros((len(k), width), np.float32)
+            full[mine[n]] = local[n][0]
+            floats.append(full[:, : width - 4].reshape(-1))
+            ints.append(np.ascontiguousarray(full[:, width - 4 :]).view(np.int32).reshape(-1))
+        new = self._sum_ranks(self._owned_new)
+        f = self.ring.all_reduce_(torch.from_numpy(np.concatenate(floats)).to(self._comm_device)).cpu().numpy()
+        i = self.ring.all_reduce_(torch.from_numpy(np.concatenate(ints)).to(self._comm_device)).cpu().numpy()
+        out, fo, io = {}, 0, 0
+        for n, k in keys.items():
+            width = self.specs[n].layout.width
+            rows = np.empty((len(k), width), np.float32)
+            rows[:, : width - 4] = f[fo : fo + len(k) * (width - 4)].reshape(len(k), width - 4)
+            rows[:, width - 4 :] = i[io : io + len(k) * 4].reshape(len(k), 4).view(np.float32)
+            fo, io = fo + len(k) * (width - 4), io + len(k) * 4
+            out[n] = (rows, new[n])
+        return out
 
     # ------------------------------------------------------------------ eval and inspection
     def evaluate(self, *, return_scores: bool = False) -> dict[str, Any]:
@@ -602,7 +758,7 @@ class Trainer:
                     chunk = chunk.slice(0, limit - seen)
                 seen += len(chunk)
                 plan = plan_pass(chunk, self.slot_tables, self.cfg.eval.batch_size, -1, for_training=False)
-                fetched = WorkingSet.fetch(self.host, self.specs, plan.keys, self.cfg.run.seed, for_training=False)
+                fetched = self._fetch(plan.keys, for_training=False)
                 ws = WorkingSet.load(self.specs, plan.keys, {n: r for n, (r, _) in fetched.items()}, self.device)
                 for i in range(plan.num_batches):
                     b = plan.batch(i)
@@ -657,8 +813,7 @@ class Trainer:
             raise ConfigError(f"lookup: unknown table {table!r} (tables: {', '.join(self.specs)})")
         keys = np.asarray(keys).astype(np.uint64, copy=False).reshape(-1)
         uniq, inv = np.unique(keys, return_inverse=True)
-        spec = {table: self.specs[table]}
-        rows, _ = WorkingSet.fetch(self.host, spec, {table: uniq}, self.cfg.run.seed, for_training=False)[table]
+        rows, _ = self._fetch({table: uniq}, for_training=False)[table]
         return rows[inv.reshape(-1), : self.specs[table].dim].copy()
 
     def save_dense(self, path: str | Path) -> None:
@@ -689,6 +844,8 @@ class Trainer:
                 self.store.commit()
         finally:
             self.store.close()
+            if self.ring is not None:
+                self.ring.close()
 
     def __enter__(self) -> Trainer:
         return self

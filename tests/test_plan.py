@@ -66,3 +66,33 @@ def test_eval_plan_skips_gradient_index() -> None:
     plan = plan_pass(chunk, {"a": "T"}, 2, index=0, for_training=False)
     assert plan.inv == {} and plan.keys["T"].size == 2
     assert plan.batch(1).slots["a"][0].tolist() == [0, 0]
+
+
+def test_batch_slices_are_the_small_batches_with_global_rows() -> None:
+    """A rank's slice of a global batch holds what a batch of the per-rank size would, pointing at global rows."""
+
+    rng = np.random.default_rng(0)
+    n = 60
+
+    def bag(maxlen: int) -> tuple[np.ndarray, np.ndarray]:
+        off = np.r_[0, np.cumsum(rng.integers(0, maxlen, n))]
+        return off, rng.integers(0, 20, off[-1]).astype(np.uint64)
+
+    chunk = ExampleChunk(
+        labels=np.zeros((n, 1), np.float32),
+        dense=np.zeros((n, 0), np.float32),
+        sparse={"a": bag(3), "b": bag(4), "c": bag(2)},
+    )
+    slot_tables = {"a": "t", "b": "t", "c": "u"}
+    big, small = plan_pass(chunk, slot_tables, 20, 0), plan_pass(chunk, slot_tables, 5, 0)
+    for i in range(n // 20):
+        b = big.batch(i)
+        for r in range(4):
+            s, ref = b.slice(5 * r, 5 * (r + 1)), small.batch(4 * i + r)
+            for slot in slot_tables:
+                assert np.array_equal(s.slots[slot][0], ref.slots[slot][0])
+                assert np.array_equal(s.slots[slot][1], ref.slots[slot][1])
+            for t, (urows, inv) in s.tables.items():
+                assert np.array_equal(urows, b.tables[t][0])  # the whole batch's rows
+                ref_urows, ref_inv = ref.tables[t]
+                assert np.array_equal(urows[inv], ref_urows[ref_inv])  # each occurrence: the same row

@@ -175,8 +175,17 @@ class WorkingSet:
         """Load stage: packed host rows onto the device; tables in `null_rows` get a null row (see PassPlan)."""
         return cls({n: WorkingSetTable.from_rows(specs[n], keys[n], rows[n], device, n in null_rows) for n in keys})
 
-    def push(self, tier: RowTier, counts: dict[str, np.ndarray], pass_index: int) -> int:
-        """Push stage: writes every row back to `tier` with count += occurrences and last_pass = pass_index.
+    def push(
+        self,
+        tier: RowTier,
+        counts: dict[str, np.ndarray],
+        pass_index: int,
+        owned: dict[str, np.ndarray] | None = None,
+    ) -> int:
+        """Push stage: writes rows back to `tier` with count += occurrences and last_pass = pass_index.
+
+        Args:
+            owned: table -> bool[n]: write only these rows (the ones this rank owns); default all.
 
         Returns:
             Bytes written.
@@ -185,7 +194,9 @@ class WorkingSet:
         for name, t in self.tables.items():
             t.meta[:, 0] += counts[name]
             t.meta[:, 1] = pass_index
-            rows = t.rows()
-            tier.write(name, t.keys, rows)
+            rows, keys = t.rows(), t.keys
+            if owned is not None:
+                rows, keys = rows[owned[name]], keys[owned[name]]
+            tier.write(name, keys, rows)
             nbytes += rows.nbytes
         return nbytes

@@ -1,8 +1,13 @@
-"""Distribution over many ranks: process groups, collectives, sharding of keys and working sets.
+"""Distribution over many ranks: the process group, key ownership and the collectives of data-parallel training.
 
-Not built yet: this package is where multi-rank data-parallel training (torchrun, NCCL/gloo, replicated and row-wise
-working sets) will live. Today hier_ps trains in one process; ``hier-ps train`` under torchrun works with
-``--nproc_per_node=1`` and refuses a larger world with a clear error.
+torchrun starts one process per GPU; :class:`Ring` joins its process group (NCCL on CUDA, gloo on CPU). Each rank
+owns the keys with ``owner(key) == rank`` in all tiers (its own store directory and host cache). With the
+``replicated`` working set every rank holds the pass's whole working set: each pulls the rows it owns and an
+all-reduce gives every rank all of them; per global batch the row gradients are summed across ranks and every
+replica applies the same update; dense gradients go through DDP with :func:`sum_hook`. ``row_wise`` sharding
+(lookups and gradients by all-to-all) is not built yet.
 """
 
-__all__: list[str] = []
+from hier_ps.ring.group import Ring, owner, sum_hook
+
+__all__ = ["Ring", "owner", "sum_hook"]

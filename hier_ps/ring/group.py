@@ -1,0 +1,114 @@
+"""The process group of a multi-rank run, from torchrun's environment, and the collectives the trainer uses.
+
+torchrun sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT`` (also across nodes, with
+its c10d rendezvous); :meth:`Ring.from_env` joins that group with NCCL when training on CUDA and NCCL is there, else
+gloo (so every multi-rank path runs on a CPU box). A single process (no ``WORLD_SIZE`` or 1) gets no Ring at all and
+the trainer takes its plain single-process paths.
+
+Ownership: a key belongs to rank ``owner(key) = splitmix64(key) % world`` in every tier (its own store directory
+and host cache); the hash spreads sequential ids evenly.
+
+Example:
+    >>> owner(np.array([1, 2, 3], np.uint64), 1).tolist()
+    [0, 0, 0]
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from hier_ps.errors import HierPSError
+from hier_ps.hbm.rows import _mix64
+
+__all__ = ["Ring", "owner", "sum_hook"]
+
+log = logging.getLogger("hier_ps")
+
+
+def owner(keys: np.ndarray, world: int) -> np.ndarray:
+    """Owning rank int64[n] of keys uint64[n]."""
+    if world == 1:
+        return np.zeros(len(keys), np.int64)
+    return (_mix64(keys.astype(np.uint64, copy=False)) % np.uint64(world)).astype(np.int64)
+
+
+def sum_hook(state, bucket):  # no annotations: DDP checks them at run time, and strings fail that check
+    """DDP communication hook: all-reduce a gradient bucket (``dist.GradBucket``) as a sum, returning a future of
+    the summed buffer (DDP's default divides by the world size; the trainer's loss is already the mean over the
+    global batch, DESIGN.md contract 3)."""
+    fut = dist.all_reduce(bucket.buffer(), async_op=True).get_future()
+    return fut.then(lambda f: f.value()[0])
+
+
+@dataclass
+class Ring:
+    """This process's place in a multi-rank run.
+
+    Attributes:
+        rank: global rank.
+        world: number of ranks.
+        local_rank: rank within the node (selects the GPU).
+        backend: ``nccl`` or ``gloo``.
+    """
+
+    rank: int
+    world: int
+    local_rank: int
+    backend: str
+
+    @classmethod
+    def from_env(cls, device_type: str, timeout_s: float = 300.0) -> Ring | None:
+        """Joins the process group torchrun describes; None in a single process.
+
+        Args:
+            device_type: ``cuda`` or ``cpu``: the training device (NCCL needs CUDA tensors).
+            timeout_s: how long a collective waits for a rank that died or hangs before failing.
+
+        Raises:
+            HierPSError: the environment is incomplete, or the group cannot be joined.
+        """
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if world <= 1:
+            return None
+        missing = [v for v in ("RANK", "MASTER_ADDR", "MASTER_PORT") if v not in os.environ]
+        if missing:
+            raise HierPSError(f"WORLD_SIZE={world} but {', '.join(missing)} not set: launch with torchrun")
+        rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+        backend = "nccl" if device_type == "cuda" and dist.is_nccl_available() else "gloo"
+        if not dist.is_initialized():
+            try:
+                dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
+            except (RuntimeError, ValueError) as e:
+                raise HierPSError(f"cannot join the process group of rank {rank}/{world} ({e})") from None
+        log.info("rank %d of %d (local rank %d), backend %s", rank, world, local_rank, backend)
+        return cls(rank, world, local_rank, backend)
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def all_reduce_(self, t: torch.Tensor) -> torch.Tensor:
+        """In-place sum over ranks."""
+        dist.all_reduce(t)
+        return t
+
+    def all_gather_ints(self, value: int) -> list[int]:
+        """Every rank's `value`, by rank."""
+        t = torch.tensor([value], dtype=torch.int64)
+        out = [torch.zeros(1, dtype=torch.int64) for _ in range(self.world)]
+        dist.all_gather(out, t)
+        return [int(x.item()) for x in out]
+
+    def barrier(self) -> None:
+        dist.barrier()
+
+    def close(self) -> None:
+        if dist.is_initialized():
+            dist.destroy_process_group()

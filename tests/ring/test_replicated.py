@@ -1,0 +1,183 @@
+"""Data parallel = single process (DESIGN.md contract 4): real ranks under torchrun, gloo on a free port."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+import hier_ps as hp
+from hier_ps.config import config_to_dict
+from hier_ps.hbm.working_set import table_specs
+from hier_ps.ssd import SSDStore
+from tests.test_lifecycle import with_lifecycle
+from tests.test_trainer import tiny_config
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def make_cfg(tiny_data: dict, run: Path, opt: str, batch: int, **extra: object) -> hp.Config:
+    over = {
+        "sparse_optimizer.name": opt,
+        "train.batch_size": batch,
+        "train.pass_examples": 2304,
+        "store.host_cache_bytes": "16KiB",
+        "checkpoint.every_passes": 3,
+        **extra,
+    }
+    return tiny_config(tiny_data, run, **over)
+
+
+def torchrun(nproc: int, cfg: hp.Config, tmp: Path, timeout: float = 240) -> subprocess.CompletedProcess:
+    cfg_file = tmp / f"cfg-{nproc}.yaml"
+    cfg_file.write_text(yaml.safe_dump(config_to_dict(cfg)))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+    cmd += ["-m", "hier_ps", "-q", "train", str(cfg_file)]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=tmp)
+
+
+def store_rows(cfg: hp.Config) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Every table's keys and rows (embedding + optimizer state) over all rank stores of a finished run."""
+    specs = table_specs(cfg)
+    widths = {n: s.layout.width for n, s in specs.items()}
+    dirs = sorted(cfg.store_dir.glob("rank-*")) or [cfg.store_dir]
+    out: dict[str, list] = {n: [] for n in specs}
+    for d in dirs:
+        with SSDStore(d, widths, readonly=True) as st:
+            for n, s in specs.items():
+                k = st.keys(n)
+                rows, _ = st.read(n, k)
+                out[n].append((k, np.ascontiguousarray(rows[:, : s.dim + s.layout.state])))
+    result = {}
+    for n, parts in out.items():
+        k = np.concatenate([p[0] for p in parts])
+        r = np.concatenate([p[1] for p in parts])
+        order = np.argsort(k)
+        assert len(np.unique(k)) == len(k), f"{n}: a key is stored on two ranks"
+        result[n] = (k[order], r[order])
+    return result
+
+
+def dense(run: Path) -> dict[str, np.ndarray]:
+    state = torch.load(run / "dense.pt", weights_only=True)["model"]
+    return {k: v.numpy() for k, v in state.items()}
+
+
+def assert_equivalent(a: hp.Config, b: hp.Config, atol: float = 1e-5) -> None:
+    ra, rb = store_rows(a), store_rows(b)
+    for n, (keys, rows) in ra.items():
+        assert np.array_equal(keys, rb[n][0]), n
+        np.testing.assert_allclose(rb[n][1], rows, rtol=0, atol=atol, err_msg=n)
+    da, db = dense(Path(a.run.dir)), dense(Path(b.run.dir))
+    for k, v in da.items():
+        np.testing.assert_allclose(db[k], v, rtol=0, atol=atol, err_msg=k)
+
+
+@pytest.mark.parametrize("opt", ["rowwise_adagrad", "adam"])
+@pytest.mark.parametrize("nproc", [2, 3])
+def test_ranks_equal_one_process_with_the_global_batch(tiny_data: dict, tmp_path: Path, opt: str, nproc: int) -> None:
+    ref = make_cfg(tiny_data, tmp_path / "one", opt, 128 * nproc)
+    with hp.Trainer(ref) as tr:
+        one = tr.fit()
+    cfg = make_cfg(tiny_data, tmp_path / "many", opt, 128)
+    p = torchrun(nproc, cfg, tmp_path)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert_equivalent(ref, cfg)
+    summary = json.loads((tmp_path / "many" / "summary.json").read_text())
+    assert summary["ranks"] == nproc and summary["passes"] == one["passes"]
+    assert summary["train_loss"] == pytest.approx(one["train_loss"], abs=1e-5)
+    assert len(list((tmp_path / "many" / "store").glob("rank-*"))) == nproc
+    lines = (tmp_path / "many" / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == one["passes"]  # rank 0 alone writes metrics
+
+
+def test_ranks_with_admission_and_eviction(tiny_data: dict, tmp_path: Path) -> None:
+    life = {"admission": {"min_count": 2, "sketch_bytes": "16KiB"}, "eviction": {"ttl_passes": 2}}
+    ref = with_lifecycle(make_cfg(tiny_data, tmp_path / "one", "rowwise_adagrad", 256), **life)
+    with hp.Trainer(ref) as tr:
+        tr.fit()
+    cfg = with_lifecycle(make_cfg(tiny_data, tmp_path / "many", "rowwise_adagrad", 128), **life)
+    p = torchrun(2, cfg, tmp_path)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert_equivalent(ref, cfg)
+
+
+def test_stop_and_resume_on_the_same_ranks(tiny_data: dict, tmp_path: Path) -> None:
+    ref = make_cfg(tiny_data, tmp_path / "one", "adam", 256)
+    with hp.Trainer(ref) as tr:
+        tr.fit()
+    cfg = make_cfg(tiny_data, tmp_path / "many", "adam", 128, **{"train.max_passes": 4})
+    assert torchrun(2, cfg, tmp_path).returncode == 0
+    cfg = make_cfg(tiny_data, tmp_path / "many", "adam", 128)
+    p = torchrun(2, cfg, tmp_path)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert_equivalent(ref, cfg)
+    # A checkpoint of 2 ranks is refused on another number of ranks, with one clear line.
+    p = torchrun(3, cfg, tmp_path)
+    assert p.returncode != 0 and "was written by 2 rank(s); resuming on 3 is not available yet" in p.stderr
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_nodes_on_localhost_give_the_same_result(tiny_data: dict, tmp_path: Path) -> None:
+    """Two torchrun invocations, --nnodes=2 with a c10d rendezvous, one rank each: the multi-node path."""
+    ref = make_cfg(tiny_data, tmp_path / "one", "rowwise_adagrad", 256)
+    with hp.Trainer(ref) as tr:
+        tr.fit()
+    cfg = make_cfg(tiny_data, tmp_path / "nodes", "rowwise_adagrad", 128)
+    cfg_file = tmp_path / "nodes.yaml"
+    cfg_file.write_text(yaml.safe_dump(config_to_dict(cfg)))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    port = free_port()
+    procs = []
+    for node in range(2):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", f"--node_rank={node}"]
+        cmd += ["--nproc_per_node=1", "--rdzv_backend=c10d", f"--rdzv_endpoint=127.0.0.1:{port}", "--rdzv_id=t"]
+        cmd += ["-m", "hier_ps", "-q", "train", str(cfg_file)]
+        procs.append(subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+    outs = [p.communicate(timeout=240) for p in procs]
+    for p, (_, err) in zip(procs, outs, strict=True):
+        assert p.returncode == 0, err.decode()[-3000:]
+    assert_equivalent(ref, cfg)
+
+
+def test_a_rank_that_dies_stops_the_others_with_a_clear_error(tiny_data: dict, tmp_path: Path) -> None:
+    """Ranks started by hand (no torchrun agent to stop the survivors): rank 1 is SIGKILLed mid-run."""
+    cfg = make_cfg(tiny_data, tmp_path / "run", "adam", 128, **{"train.epochs": 200, "train.pass_examples": 512})
+    cfg_file = tmp_path / "cfg.yaml"
+    cfg_file.write_text(yaml.safe_dump(config_to_dict(cfg)))
+    base = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "MASTER_ADDR": "127.0.0.1"}
+    base.update(MASTER_PORT=str(free_port()), WORLD_SIZE="2")
+    procs = []
+    for rank in range(2):
+        env = {**base, "RANK": str(rank), "LOCAL_RANK": str(rank)}
+        cmd = [sys.executable, "-m", "hier_ps", "-q", "train", str(cfg_file)]
+        procs.append(subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    deadline = time.monotonic() + 120
+    while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 3):
+        assert time.monotonic() < deadline and procs[0].poll() is None, procs[0].communicate()[1].decode()[-2000:]
+        time.sleep(0.2)
+    procs[1].send_signal(signal.SIGKILL)
+    t0 = time.monotonic()
+    _, err = procs[0].communicate(timeout=120)
+    assert time.monotonic() - t0 < 60
+    procs[1].wait()
+    assert procs[0].returncode == 2
+    last = err.decode().strip().splitlines()[-1]
+    assert last.startswith("hier-ps: error: rank 0 of 2: lost contact with another rank"), err.decode()[-2000:]
