@@ -32,6 +32,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/e2e_bench.py
 	$(BIN)/python benchmarks/ssd_bench.py
 	$(BIN)/python benchmarks/serve_bench.py
+	$(BIN)/python benchmarks/scale_bench.py
 
 clean:
 	rm -rf runs .pytest_cache .ruff_cache

@@ -155,7 +155,7 @@ class Trainer:
 
             dev = [self.device.index] if self.device.type == "cuda" else None
             self.ddp = DistributedDataParallel(self.model, device_ids=dev)
-            self.ddp.register_comm_hook(None, sum_hook)
+            self.ddp.register_comm_hook(self.ring, sum_hook)
         self.dense_opt = _dense_optimizer(cfg.dense_optimizer, self.model.parameters())
 
         self.ckpt_root = self.run_dir / "checkpoints"
@@ -558,6 +558,7 @@ class Trainer:
         )
         t1 = time.perf_counter()
         ssd_before = dict(self.store.stats)
+        comm_before = dict(self.ring.bytes) if self.ring else {}
         fetched = self._fetch(plan.keys, for_training=True)
         owned_new = self._owned_new
         t2 = time.perf_counter()
@@ -591,6 +592,8 @@ class Trainer:
             "host_cache": self._host_stats(),
             "ssd": ssd,
         }
+        if self.ring is not None:  # this rank's collective buffers in this pass (every rank's are the same size)
+            rec["comm_bytes"] = {k: v - comm_before.get(k, 0) for k, v in self.ring.bytes.items()}
         if plan.rejected:
             rec["admission"] = {
                 n: {"admitted_new": fetched[n][1], "rejected_keys": k, "rejected_occurrences": o}
@@ -683,7 +686,8 @@ class Trainer:
             src = parts[0] if len(parts) == 1 else torch.cat(parts)
             grads[table] = segment_sum(src, self._to_device(inv), len(urows))
         if self.ring is not None:  # replicated: one all-reduce for all tables; every rank applies the same sums
-            flat = self.ring.all_reduce_(torch.cat([g.reshape(-1) for g in grads.values()]).to(self._comm_device))
+            flat = torch.cat([g.reshape(-1) for g in grads.values()]).to(self._comm_device)
+            flat = self.ring.all_reduce_(flat, "row_grad_all_reduce")
             sizes = [g.numel() for g in grads.values()]
             grads = {
                 t: part.view_as(g).to(self.device)
@@ -721,8 +725,9 @@ class Trainer:
             floats.append(full[:, : width - 4].reshape(-1))
             ints.append(np.ascontiguousarray(full[:, width - 4 :]).view(np.int32).reshape(-1))
         new = self._sum_ranks(self._owned_new)
-        f = self.ring.all_reduce_(torch.from_numpy(np.concatenate(floats)).to(self._comm_device)).cpu().numpy()
-        i = self.ring.all_reduce_(torch.from_numpy(np.concatenate(ints)).to(self._comm_device)).cpu().numpy()
+        what = "pull_all_reduce" if for_training else "eval_pull_all_reduce"
+        f = self.ring.all_reduce_(torch.from_numpy(np.concatenate(floats)).to(self._comm_device), what).cpu().numpy()
+        i = self.ring.all_reduce_(torch.from_numpy(np.concatenate(ints)).to(self._comm_device), what).cpu().numpy()
         out, fo, io = {}, 0, 0
         for n, k in keys.items():
             width = self.specs[n].layout.width

@@ -18,7 +18,7 @@ from __future__ import annotations
 import datetime
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -43,6 +43,8 @@ def sum_hook(state, bucket):  # no annotations: DDP checks them at run time, and
     """DDP communication hook: all-reduce a gradient bucket (``dist.GradBucket``) as a sum, returning a future of
     the summed buffer (DDP's default divides by the world size; the trainer's loss is already the mean over the
     global batch, DESIGN.md contract 3)."""
+    if isinstance(state, Ring):
+        state.count("dense_all_reduce", bucket.buffer())
     fut = dist.all_reduce(bucket.buffer(), async_op=True).get_future()
     return fut.then(lambda f: f.value()[0])
 
@@ -56,12 +58,18 @@ class Ring:
         world: number of ranks.
         local_rank: rank within the node (selects the GPU).
         backend: ``nccl`` or ``gloo``.
+        bytes: collective -> bytes of the buffers this rank has passed to it (an all-reduce of S bytes moves about
+            2 (N-1)/N * S bytes in and out of each rank with the ring algorithm).
     """
 
     rank: int
     world: int
     local_rank: int
     backend: str
+    bytes: dict[str, int] = field(default_factory=dict)
+
+    def count(self, what: str, t: torch.Tensor) -> None:
+        self.bytes[what] = self.bytes.get(what, 0) + t.numel() * t.element_size()
 
     @classmethod
     def from_env(cls, device_type: str, timeout_s: float = 300.0) -> Ring | None:
@@ -94,8 +102,9 @@ class Ring:
     def is_main(self) -> bool:
         return self.rank == 0
 
-    def all_reduce_(self, t: torch.Tensor) -> torch.Tensor:
-        """In-place sum over ranks."""
+    def all_reduce_(self, t: torch.Tensor, what: str = "other_all_reduce") -> torch.Tensor:
+        """In-place sum over ranks; its bytes are counted under `what`."""
+        self.count(what, t)
         dist.all_reduce(t)
         return t
 

@@ -1,0 +1,107 @@
+"""Data-parallel scaling on CPU: examples/s of 1 vs 2 ranks, and bytes moved per example by each collective.
+
+Both runs train the demo DLRM on the same examples with the same global batch (1 rank x 2B vs 2 ranks x B), launched
+the same way (``torchrun --standalone``), on the same cores: the 1-rank run gets every core as torch threads, the
+2-rank run splits them. examples/s is the trainer's own figure for the whole run (read, plan, pull with its
+all-reduce, train with its all-reduces, push, checkpoints). Bytes come from the trainer's counters
+(``metrics.jsonl`` ``comm_bytes``): the buffer each rank hands to each collective, so the volume can be judged
+without a cluster; with the ring algorithm an all-reduce of S bytes moves about 2 (N-1)/N * S bytes in and out of
+every rank.
+
+Usage: ``python benchmarks/scale_bench.py [--rows 200000] [--batch 2048] [--dim 16]``; prints a table and a JSON
+line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+import yaml
+
+from hier_ps.data import generate_synthetic
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _config(data: Path, run: Path, batch: int, dim: int, pass_rows: int, info: dict) -> dict:
+    slots = [{"name": c, "pooling": "mean" if k == "multi" else "sum"} for c, k in info["sparse"].items()]
+    return {
+        "run": {"dir": str(run), "seed": 0},
+        "data": {"train": str(data / "train"), "dense": info["dense"], "dense_transform": "log1p", "sparse": slots},
+        "tables": [{"name": s["name"], "dim": dim} for s in slots],
+        "model": {"name": "dlrm", "args": {"bottom": [64, dim], "top": [128, 64]}},
+        "store": {"host_cache_bytes": "2GiB"},
+        "train": {"device": "cpu", "batch_size": batch, "pass_examples": pass_rows, "progress": False},
+        "checkpoint": {"every_passes": 0},
+    }
+
+
+def _run(nproc: int, cfg: dict, tmp: Path) -> dict:
+    cfg_file = tmp / f"cfg-{nproc}.yaml"
+    cfg_file.write_text(yaml.safe_dump(cfg))
+    threads = max(1, (os.cpu_count() or 1) // nproc)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+    subprocess.run([*cmd, "-m", "hier_ps", "-q", "train", str(cfg_file)], env=env, check=True, cwd=tmp)
+    run = Path(cfg["run"]["dir"])
+    summary = json.loads((run / "summary.json").read_text())
+    comm: dict[str, int] = {}
+    for line in (run / "metrics.jsonl").read_text().splitlines():
+        for k, v in json.loads(line).get("comm_bytes", {}).items():
+            comm[k] = comm.get(k, 0) + v
+    return {"summary": summary, "comm": comm, "threads": threads}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--rows", type=int, default=200_000)
+    p.add_argument("--batch", type=int, default=2048, help="per-rank batch of the 2-rank run")
+    p.add_argument("--dim", type=int, default=16)
+    args = p.parse_args()
+    with tempfile.TemporaryDirectory(prefix="scale_bench_") as tmp:
+        tmp = Path(tmp)
+        data = tmp / "data"
+        info = generate_synthetic(data, preset="demo", seed=0, train_rows=args.rows, eval_rows=1000)
+        pass_rows = args.rows // 2
+        one = _run(1, _config(data, tmp / "one", 2 * args.batch, args.dim, pass_rows, info), tmp)
+        two = _run(2, _config(data, tmp / "two", args.batch, args.dim, pass_rows, info), tmp)
+    n = two["summary"]["examples"]
+    per_ex = {k: v / n for k, v in sorted(two["comm"].items())}
+    ring_factor = 2 * (2 - 1) / 2
+    res = {
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}",
+        "rows": args.rows,
+        "global_batch": 2 * args.batch,
+        "dim": args.dim,
+        "one_rank_ex_per_s": one["summary"]["examples_per_s"],
+        "one_rank_threads": one["threads"],
+        "two_ranks_ex_per_s": two["summary"]["examples_per_s"],
+        "two_ranks_threads_each": two["threads"],
+        "two_over_one": two["summary"]["examples_per_s"] / one["summary"]["examples_per_s"],
+        "buffer_bytes_per_example": per_ex,
+        "ring_bytes_per_example_per_rank": {k: v * ring_factor for k, v in per_ex.items()},
+        "one_rank_last_pass_loss": one["summary"]["train_loss"],
+        "two_ranks_last_pass_loss": two["summary"]["train_loss"],
+    }
+    print(f"machine: {res['machine']}; {args.rows:,} examples, global batch {2 * args.batch}, dim {args.dim}")
+    print(
+        f"1 rank ({one['threads']} threads): {res['one_rank_ex_per_s']:,.0f} ex/s;  2 ranks ({two['threads']} thread "
+        f"each): {res['two_ranks_ex_per_s']:,.0f} ex/s  = {res['two_over_one']:.2f}x"
+    )
+    print(f"last pass loss: 1 rank {one['summary']['train_loss']:.7f}, 2 ranks {two['summary']['train_loss']:.7f}")
+    print("replicated mode, 2 ranks: bytes per example (buffer handed to the collective / ring traffic per rank)")
+    for k, v in per_ex.items():
+        print(f"  {k:24s} {v:10.1f} / {v * ring_factor:10.1f}")
+    print(json.dumps(res))
+
+
+if __name__ == "__main__":
+    main()
