@@ -48,6 +48,7 @@ from hier_ps.metrics import auc, logloss
 from hier_ps.models import build_model_for
 from hier_ps.plan import BatchPlan, PassPlan, plan_pass
 from hier_ps.ring.group import Ring, owner, sum_hook
+from hier_ps.ring.reshard import remove_other_worlds, reshard_into, store_dir_for
 from hier_ps.ssd import SSDStore
 
 __all__ = ["Trainer", "resolve_device"]
@@ -128,7 +129,7 @@ class Trainer:
         self.rank = self.ring.rank if self.ring else 0
         self.is_main = self.rank == 0
         # Each rank owns the keys owner(key) == rank in all tiers, in its own store directory.
-        self.store_dir = cfg.store_dir / f"rank-{self.rank}" if self.ring else cfg.store_dir
+        self.store_dir = store_dir_for(cfg.store_dir, self.world, self.rank)
         self.run_dir = Path(cfg.run.dir)
         self.slot_tables = {s.name: s.table for s in cfg.data.sparse}
         self.pooling = {s.name: s.pooling.value for s in cfg.data.sparse}
@@ -203,7 +204,10 @@ class Trainer:
 
     def _wipe_run_dir(self) -> None:
         SSDStore.destroy(self.store_dir)  # refuses while another process uses the store
+        if self.ring:
+            self.ring.barrier()
         if self.is_main:
+            remove_other_worlds(self.cfg.store_dir, {self.world})  # stores of runs on other numbers of ranks
             shutil.rmtree(self.ckpt_root, ignore_errors=True)
             for name in ("metrics.jsonl", "dense.pt", "summary.json", "config.yaml"):
                 (self.run_dir / name).unlink(missing_ok=True)
@@ -215,13 +219,11 @@ class Trainer:
         mode = self.cfg.train.resume
         if mode != ResumeMode.NEVER:
             for ck in list_checkpoints(self.ckpt_root):
-                if ck.meta.get("world", 1) != self.world:
-                    raise HierPSError(
-                        f"checkpoint {ck.path} was written by {ck.meta.get('world', 1)} rank(s); resuming on "
-                        f"{self.world} is not available yet: run with {ck.meta.get('world', 1)} rank(s)"
-                    )
                 try:
-                    store = SSDStore(self.store_dir, widths, generation=self._generation_of(ck))
+                    if ck.meta.get("world", 1) != self.world:
+                        store = self._reshard(ck, widths)
+                    else:
+                        store = SSDStore(self.store_dir, widths, generation=self._generation_of(ck))
                 except StoreLockedError:
                     raise
                 except StoreError as e:
@@ -236,6 +238,20 @@ class Trainer:
             if mode == ResumeMode.REQUIRED:
                 raise HierPSError(f"train.resume=required but {str(self.ckpt_root)!r} holds no valid checkpoint")
         return SSDStore(self.store_dir, widths)
+
+    def _reshard(self, ck: Checkpoint, widths: dict[str, int]) -> SSDStore:
+        """A fresh store holding this rank's rows of a checkpoint written on another number of ranks."""
+        old_world = int(ck.meta.get("world", 1))
+        gens = [int(g) for g in ck.meta.get("store_generations", [ck.store_generation])]
+        log.info("checkpoint %s was written by %d rank(s): re-owning its keys on %d", ck.path, old_world, self.world)
+        SSDStore.destroy(self.store_dir)  # an older phase's store of this world size: no newer checkpoint needs it
+        store = SSDStore(self.store_dir, widths)
+        try:
+            reshard_into(store, self.cfg.store_dir, old_world, gens, self.world, self.rank)
+        except BaseException:
+            store.close()
+            raise
+        return store
 
     def _generation_of(self, ck: Checkpoint) -> int:
         """This rank's store generation in a checkpoint."""
@@ -318,7 +334,12 @@ class Trainer:
                 write_checkpoint(self.ckpt_root, state, meta, yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
                 prune(self.ckpt_root, cfg.checkpoint.keep, None)
             self.ring.barrier()
-        self.store.retain({self._generation_of(ck) for ck in list_checkpoints(self.ckpt_root)})
+        kept = list_checkpoints(self.ckpt_root)
+        self.store.retain({self._generation_of(ck) for ck in kept if ck.meta.get("world", 1) == self.world})
+        if self.ring is not None:
+            self.ring.barrier()  # every rank is done with the stores of other world sizes before they go
+        if self.is_main:
+            remove_other_worlds(self.cfg.store_dir, {int(ck.meta.get("world", 1)) for ck in kept} | {self.world})
         self._checkpointed_pass = self.pass_index
         log.info(
             "checkpoint %s (store generation %d) in %.2f s",

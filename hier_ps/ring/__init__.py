@@ -4,10 +4,12 @@ torchrun starts one process per GPU; :class:`Ring` joins its process group (NCCL
 owns the keys with ``owner(key) == rank`` in all tiers (its own store directory and host cache). With the
 ``replicated`` working set every rank holds the pass's whole working set: each pulls the rows it owns and an
 all-reduce gives every rank all of them; per global batch the row gradients are summed across ranks and every
-replica applies the same update; dense gradients go through DDP with :func:`sum_hook`. ``row_wise`` sharding
-(lookups and gradients by all-to-all) is not built yet.
+replica applies the same update; dense gradients go through DDP with :func:`sum_hook`. A checkpoint written by N
+ranks resumes on M (:mod:`hier_ps.ring.reshard` re-owns its keys). ``row_wise`` sharding (lookups and gradients by
+all-to-all) is not built yet.
 """
 
 from hier_ps.ring.group import Ring, owner, sum_hook
+from hier_ps.ring.reshard import remove_other_worlds, reshard_into, store_dir_for
 
-__all__ = ["Ring", "owner", "sum_hook"]
+__all__ = ["Ring", "owner", "remove_other_worlds", "reshard_into", "store_dir_for", "sum_hook"]
