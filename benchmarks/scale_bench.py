@@ -31,7 +31,7 @@ from hier_ps.data import generate_synthetic
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _config(data: Path, run: Path, batch: int, dim: int, pass_rows: int, info: dict) -> dict:
+def _config(data: Path, run: Path, batch: int, dim: int, pass_rows: int, info: dict, mode: str = "replicated") -> dict:
     slots = [{"name": c, "pooling": "mean" if k == "multi" else "sum"} for c, k in info["sparse"].items()]
     return {
         "run": {"dir": str(run), "seed": 0},
@@ -39,7 +39,13 @@ def _config(data: Path, run: Path, batch: int, dim: int, pass_rows: int, info: d
         "tables": [{"name": s["name"], "dim": dim} for s in slots],
         "model": {"name": "dlrm", "args": {"bottom": [64, dim], "top": [128, 64]}},
         "store": {"host_cache_bytes": "2GiB"},
-        "train": {"device": "cpu", "batch_size": batch, "pass_examples": pass_rows, "progress": False},
+        "train": {
+            "device": "cpu",
+            "batch_size": batch,
+            "pass_examples": pass_rows,
+            "progress": False,
+            "embedding_sharding": mode,
+        },
         "checkpoint": {"every_passes": 0},
     }
 
@@ -73,8 +79,10 @@ def main() -> None:
         pass_rows = args.rows // 2
         one = _run(1, _config(data, tmp / "one", 2 * args.batch, args.dim, pass_rows, info), tmp)
         two = _run(2, _config(data, tmp / "two", args.batch, args.dim, pass_rows, info), tmp)
+        rw = _run(2, _config(data, tmp / "rw", args.batch, args.dim, pass_rows, info, "row_wise"), tmp)
     n = two["summary"]["examples"]
     per_ex = {k: v / n for k, v in sorted(two["comm"].items())}
+    per_ex_rw = {k: v / n for k, v in sorted(rw["comm"].items())}
     ring_factor = 2 * (2 - 1) / 2
     res = {
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}",
@@ -86,8 +94,11 @@ def main() -> None:
         "two_ranks_ex_per_s": two["summary"]["examples_per_s"],
         "two_ranks_threads_each": two["threads"],
         "two_over_one": two["summary"]["examples_per_s"] / one["summary"]["examples_per_s"],
+        "two_ranks_row_wise_ex_per_s": rw["summary"]["examples_per_s"],
         "buffer_bytes_per_example": per_ex,
         "ring_bytes_per_example_per_rank": {k: v * ring_factor for k, v in per_ex.items()},
+        "row_wise_bytes_per_example": per_ex_rw,
+        "row_wise_last_pass_loss": rw["summary"]["train_loss"],
         "one_rank_last_pass_loss": one["summary"]["train_loss"],
         "two_ranks_last_pass_loss": two["summary"]["train_loss"],
     }
@@ -96,10 +107,17 @@ def main() -> None:
         f"1 rank ({one['threads']} threads): {res['one_rank_ex_per_s']:,.0f} ex/s;  2 ranks ({two['threads']} thread "
         f"each): {res['two_ranks_ex_per_s']:,.0f} ex/s  = {res['two_over_one']:.2f}x"
     )
-    print(f"last pass loss: 1 rank {one['summary']['train_loss']:.7f}, 2 ranks {two['summary']['train_loss']:.7f}")
+    print(f"2 ranks, row_wise: {res['two_ranks_row_wise_ex_per_s']:,.0f} ex/s")
+    print(
+        f"last pass loss: 1 rank {one['summary']['train_loss']:.7f}, 2 ranks {two['summary']['train_loss']:.7f}, "
+        f"row_wise {rw['summary']['train_loss']:.7f}"
+    )
     print("replicated mode, 2 ranks: bytes per example (buffer handed to the collective / ring traffic per rank)")
     for k, v in per_ex.items():
         print(f"  {k:24s} {v:10.1f} / {v * ring_factor:10.1f}")
+    print("row_wise mode, 2 ranks: bytes per example each rank sends to other ranks")
+    for k, v in per_ex_rw.items():
+        print(f"  {k:24s} {v:10.1f}")
     print(json.dumps(res))
 
 

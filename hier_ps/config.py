@@ -106,7 +106,7 @@ class EmbeddingSharding(enum.StrEnum):
     """How the ranks of a multi-rank run hold a pass's working set."""
 
     REPLICATED = "replicated"  #: every rank holds all of it; row gradients are all-reduced per global batch
-    ROW_WISE = "row_wise"  #: each rank holds the rows it owns; lookups and gradients travel by all-to-all (not yet)
+    ROW_WISE = "row_wise"  #: each rank holds the rows it owns; rows and their gradients travel by all-to-all
 
 
 class DenseTransform(enum.StrEnum):

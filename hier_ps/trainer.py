@@ -34,6 +34,7 @@ from hier_ps.config import (
     Config,
     DenseOptimizerConfig,
     DenseOptimizerName,
+    EmbeddingSharding,
     ResumeMode,
     config_to_dict,
     load_config,
@@ -49,6 +50,7 @@ from hier_ps.models import build_model_for
 from hier_ps.plan import BatchPlan, PassPlan, plan_pass
 from hier_ps.ring.group import Ring, owner, sum_hook
 from hier_ps.ring.reshard import remove_other_worlds, reshard_into, store_dir_for
+from hier_ps.ring.rowwise import BatchExchange, all_to_all_rows
 from hier_ps.ssd import SSDStore
 
 __all__ = ["Trainer", "resolve_device"]
@@ -114,12 +116,8 @@ class Trainer:
         cfg = self.cfg
         self.device = resolve_device(cfg.train.device)
         self.ring = Ring.from_env(self.device.type, cfg.train.collective_timeout_s)
+        self.row_wise = self.ring is not None and cfg.train.embedding_sharding == EmbeddingSharding.ROW_WISE
         if self.ring is not None:
-            if cfg.train.embedding_sharding != "replicated":
-                raise ConfigError(
-                    f"train.embedding_sharding: {cfg.train.embedding_sharding.value!r} is not available yet on "
-                    "several ranks; use replicated"
-                )
             if self.device.type == "cuda":
                 self.device = torch.device("cuda", self.ring.local_rank)
                 torch.cuda.set_device(self.device)
@@ -580,18 +578,38 @@ class Trainer:
         t1 = time.perf_counter()
         ssd_before = dict(self.store.stats)
         comm_before = dict(self.ring.bytes) if self.ring else {}
-        fetched = self._fetch(plan.keys, for_training=True)
-        owned_new = self._owned_new
+        mine = {n: owner(k, self.world) == self.rank for n, k in plan.keys.items()} if self.ring else None
+        if self.row_wise:  # this rank holds only the rows it owns
+            own_keys = {n: k[mine[n]] for n, k in plan.keys.items()}
+            fetched = WorkingSet.fetch(self.host, self.specs, own_keys, cfg.run.seed)
+            owned_new = {n: n_new for n, (_, n_new) in fetched.items()}
+            new_all = self._sum_ranks(owned_new)
+            fetched = {n: (r, new_all[n]) for n, (r, _) in fetched.items()}
+            self._row_owner, self._own_pos = {}, {}
+            for n, k in plan.keys.items():
+                extra = [-1] if n in plan.rejected else []  # the null row belongs to nobody
+                self._row_owner[n] = np.concatenate([owner(k, self.world), extra]).astype(np.int64)
+                pos = np.full(len(k) + len(extra), -1, np.int64)
+                pos[np.flatnonzero(mine[n])] = np.arange(int(mine[n].sum()))
+                self._own_pos[n] = pos
+        else:
+            fetched = self._fetch(plan.keys, for_training=True)
+            owned_new = self._owned_new
         t2 = time.perf_counter()
         rows = {n: r for n, (r, _) in fetched.items()}
         self._check_hbm_budget(rows)
-        ws = WorkingSet.load(self.specs, plan.keys, rows, self.device, null_rows=set(plan.rejected))
+        if self.row_wise:
+            ws = WorkingSet.load(self.specs, own_keys, rows, self.device)
+        else:
+            ws = WorkingSet.load(self.specs, plan.keys, rows, self.device, null_rows=set(plan.rejected))
         del rows
         t3 = time.perf_counter()
         loss_sum = self._train_pass(plan, ws, bar)
         t4 = time.perf_counter()
-        mine = {n: owner(k, self.world) == self.rank for n, k in plan.keys.items()} if self.ring else None
-        pushed = ws.push(self.host, plan.counts, self.pass_index, mine)
+        if self.row_wise:
+            pushed = ws.push(self.host, {n: c[mine[n]] for n, c in plan.counts.items()}, self.pass_index)
+        else:
+            pushed = ws.push(self.host, plan.counts, self.pass_index, mine)
         del ws
         t5 = time.perf_counter()
         times.update(plan=t1 - t0, pull=t2 - t1, load=t3 - t2, train=t4 - t3, push=t5 - t4)
@@ -657,6 +675,10 @@ class Trainer:
         for i in range(plan.num_batches):
             b = plan.batch(i)
             n = len(b)
+            if self.row_wise:
+                loss_sum += self._train_step_row_wise(b, ws) * n
+                bar.update(n)
+                continue
             if self.ring is not None:  # DESIGN.md contract 4: rank r trains the r-th contiguous slice
                 b = b.slice(self.rank * n // self.world, (self.rank + 1) * n // self.world)
             loss_sum += self._train_step(b, ws, n) * n
@@ -716,6 +738,92 @@ class Trainer:
             }
         for table, (urows, _) in b.tables.items():
             ws.tables[table].apply(self._to_device(urows), grads[table])
+        return float(loss.detach())
+
+    def _train_step_row_wise(self, b: BatchPlan, ws: WorkingSet) -> float:
+        """One step of this rank's slice of global batch `b` with a row-wise sharded working set (see
+        :mod:`hier_ps.ring.rowwise`); returns this rank's share of the loss."""
+        assert self.ring is not None
+        world, rank, cdev = self.world, self.rank, self._comm_device
+        ex = BatchExchange.build(b, self._row_owner, world, rank)
+        mb = b.slice(int(ex.bounds[rank]), int(ex.bounds[rank + 1]))
+        dims = {t: self.specs[t].dim for t in ex.table}
+
+        # Forward: owners send each rank the rows its slice reads.
+        send: list[list[torch.Tensor]] = [[] for _ in range(world)]
+        recv_sizes = [0] * world
+        for t, te in ex.table.items():
+            urows = b.tables[t][0]
+            for s in range(world):
+                sel = te.need[s][te.owner_of_need[s] == rank]
+                idx = torch.from_numpy(self._own_pos[t][urows[sel]]).to(self.device)
+                send[s].append(ws.tables[t].emb[idx].reshape(-1).to(cdev))
+            for o in range(world):
+                recv_sizes[o] += int((te.owner_of_need[rank] == o).sum()) * dims[t]
+        flat = [torch.cat(x) for x in send]
+        recv = all_to_all_rows(flat, recv_sizes)
+        self.ring.count("row_all_to_all", torch.cat([f for s, f in enumerate(flat) if s != rank]))  # off-rank
+        tables, offs = {}, [0] * world
+        for t, te in ex.table.items():
+            own = te.owner_of_need[rank]
+            e = torch.zeros(len(own), dims[t], device=self.device)
+            for o in range(world):
+                sel = np.flatnonzero(own == o)
+                k = len(sel) * dims[t]
+                e[torch.from_numpy(sel).to(self.device)] = recv[o][offs[o] : offs[o] + k].view(-1, dims[t]).to(e.device)
+                offs[o] += k
+            tables[t] = e
+
+        labels, dense = self._to_device(mb.labels), self._to_device(mb.dense)
+        pooled, offsets = {}, {}
+        for slot, t in self.slot_tables.items():
+            offsets[slot] = self._to_device(mb.slots[slot][0])
+            idx = self._to_device(ex.table[t].local[slot])
+            pooled[slot] = F.embedding_bag(
+                idx, tables[t], offsets[slot], mode=self.pooling[slot], include_last_offset=True
+            )
+            pooled[slot].requires_grad_(True)
+        logits = self.ddp(dense, pooled).reshape(len(dense), len(self.tasks))
+        loss = F.binary_cross_entropy_with_logits(logits, labels, reduction="sum") / len(b)
+        self.dense_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.dense_opt.step()
+
+        # Backward: each rank sends the owners the summed gradients of the rows its slice read.
+        send = [[] for _ in range(world)]
+        recv_sizes = [0] * world
+        for t, te in ex.table.items():
+            parts, locs = [], []
+            for slot in b.table_slots[t]:
+                g = pooled[slot].grad if pooled[slot].grad is not None else torch.zeros_like(pooled[slot])
+                parts.append(_occurrence_grads(g, offsets[slot], self.pooling[slot]))
+                locs.append(ex.table[t].local[slot])
+            src = parts[0] if len(parts) == 1 else torch.cat(parts)
+            g_me = segment_sum(src, self._to_device(np.concatenate(locs)), len(te.need[rank]))
+            own = te.owner_of_need[rank]
+            for o in range(world):
+                send[o].append(g_me[torch.from_numpy(np.flatnonzero(own == o)).to(self.device)].reshape(-1).to(cdev))
+            for s in range(world):
+                recv_sizes[s] += int((te.owner_of_need[s] == rank).sum()) * dims[t]
+        flat = [torch.cat(x) for x in send]
+        recv = all_to_all_rows(flat, recv_sizes)
+        self.ring.count("grad_all_to_all", torch.cat([f for s, f in enumerate(flat) if s != rank]))
+        offs = [0] * world
+        for t, te in ex.table.items():
+            urows = b.tables[t][0]
+            rows, grads = [], []
+            for s in range(world):  # rank order: the same sums on every run
+                sel = te.need[s][te.owner_of_need[s] == rank]
+                k = len(sel) * dims[t]
+                rows.append(self._own_pos[t][urows[sel]])
+                grads.append(recv[s][offs[s] : offs[s] + k].view(-1, dims[t]).to(self.device))
+                offs[s] += k
+            all_rows = np.concatenate(rows)
+            if not len(all_rows):
+                continue
+            touched, inv = np.unique(all_rows, return_inverse=True)
+            grad = segment_sum(torch.cat(grads), self._to_device(inv.reshape(-1)), len(touched))
+            ws.tables[t].apply(self._to_device(touched), grad)
         return float(loss.detach())
 
     def _fetch(self, keys: dict[str, np.ndarray], for_training: bool) -> dict[str, tuple[np.ndarray, int]]:

@@ -5,11 +5,22 @@ owns the keys with ``owner(key) == rank`` in all tiers (its own store directory 
 ``replicated`` working set every rank holds the pass's whole working set: each pulls the rows it owns and an
 all-reduce gives every rank all of them; per global batch the row gradients are summed across ranks and every
 replica applies the same update; dense gradients go through DDP with :func:`sum_hook`. A checkpoint written by N
-ranks resumes on M (:mod:`hier_ps.ring.reshard` re-owns its keys). ``row_wise`` sharding (lookups and gradients by
-all-to-all) is not built yet.
+ranks resumes on M (:mod:`hier_ps.ring.reshard` re-owns its keys). With ``row_wise`` sharding each rank holds only
+the rows it owns, and rows and their gradients travel by all-to-all (:mod:`hier_ps.ring.rowwise`).
 """
 
 from hier_ps.ring.group import Ring, owner, sum_hook
 from hier_ps.ring.reshard import remove_other_worlds, reshard_into, store_dir_for
+from hier_ps.ring.rowwise import BatchExchange, TableExchange, all_to_all_rows
 
-__all__ = ["Ring", "owner", "remove_other_worlds", "reshard_into", "store_dir_for", "sum_hook"]
+__all__ = [
+    "BatchExchange",
+    "Ring",
+    "TableExchange",
+    "all_to_all_rows",
+    "owner",
+    "remove_other_worlds",
+    "reshard_into",
+    "store_dir_for",
+    "sum_hook",
+]

@@ -84,13 +84,16 @@ def assert_equivalent(a: hp.Config, b: hp.Config, atol: float = 1e-5) -> None:
         np.testing.assert_allclose(db[k], v, rtol=0, atol=atol, err_msg=k)
 
 
+@pytest.mark.parametrize("mode", ["replicated", "row_wise"])
 @pytest.mark.parametrize("opt", ["rowwise_adagrad", "adam"])
 @pytest.mark.parametrize("nproc", [2, 3])
-def test_ranks_equal_one_process_with_the_global_batch(tiny_data: dict, tmp_path: Path, opt: str, nproc: int) -> None:
+def test_ranks_equal_one_process_with_the_global_batch(
+    tiny_data: dict, tmp_path: Path, opt: str, nproc: int, mode: str
+) -> None:
     ref = make_cfg(tiny_data, tmp_path / "one", opt, 128 * nproc)
     with hp.Trainer(ref) as tr:
         one = tr.fit()
-    cfg = make_cfg(tiny_data, tmp_path / "many", opt, 128)
+    cfg = make_cfg(tiny_data, tmp_path / "many", opt, 128, **{"train.embedding_sharding": mode})
     p = torchrun(nproc, cfg, tmp_path)
     assert p.returncode == 0, p.stderr[-3000:]
     assert_equivalent(ref, cfg)
@@ -102,12 +105,14 @@ def test_ranks_equal_one_process_with_the_global_batch(tiny_data: dict, tmp_path
     assert len(lines) == one["passes"]  # rank 0 alone writes metrics
 
 
-def test_ranks_with_admission_and_eviction(tiny_data: dict, tmp_path: Path) -> None:
+@pytest.mark.parametrize("mode", ["replicated", "row_wise"])
+def test_ranks_with_admission_and_eviction(tiny_data: dict, tmp_path: Path, mode: str) -> None:
     life = {"admission": {"min_count": 2, "sketch_bytes": "16KiB"}, "eviction": {"ttl_passes": 2}}
     ref = with_lifecycle(make_cfg(tiny_data, tmp_path / "one", "rowwise_adagrad", 256), **life)
     with hp.Trainer(ref) as tr:
         tr.fit()
-    cfg = with_lifecycle(make_cfg(tiny_data, tmp_path / "many", "rowwise_adagrad", 128), **life)
+    over = {"train.embedding_sharding": mode}
+    cfg = with_lifecycle(make_cfg(tiny_data, tmp_path / "many", "rowwise_adagrad", 128, **over), **life)
     p = torchrun(2, cfg, tmp_path)
     assert p.returncode == 0, p.stderr[-3000:]
     assert_equivalent(ref, cfg)
@@ -127,14 +132,15 @@ def test_stop_and_resume_on_the_same_ranks(tiny_data: dict, tmp_path: Path) -> N
 
 @pytest.mark.parametrize("then", [3, 1])
 def test_checkpoint_of_two_ranks_resumes_on_another_number(tiny_data: dict, tmp_path: Path, then: int) -> None:
-    """2 ranks x 192, then `then` ranks with the same global batch of 384 == one process x 384 throughout."""
+    """2 ranks x 192 (replicated), then `then` ranks (row-wise) with the same global batch of 384 == one process x
+    384 throughout."""
     ref = make_cfg(tiny_data, tmp_path / "one", "rowwise_adagrad", 384)
     with hp.Trainer(ref) as tr:
         tr.fit()
     run = tmp_path / "run"
     p = torchrun(2, make_cfg(tiny_data, run, "rowwise_adagrad", 192, **{"train.max_passes": 4}), tmp_path)
     assert p.returncode == 0, p.stderr[-3000:]
-    cfg = make_cfg(tiny_data, run, "rowwise_adagrad", 384 // then)
+    cfg = make_cfg(tiny_data, run, "rowwise_adagrad", 384 // then, **{"train.embedding_sharding": "row_wise"})
     if then == 1:
         with hp.Trainer(cfg) as tr:
             assert tr.pass_index == 4
