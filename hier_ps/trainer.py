@@ -11,7 +11,6 @@ Example:
 
 from __future__ import annotations
 
-import itertools
 import json
 import logging
 import os
@@ -47,6 +46,7 @@ from hier_ps.hbm.working_set import WorkingSet, segment_sum, table_specs
 from hier_ps.hostmem import HostCache
 from hier_ps.metrics import auc, logloss
 from hier_ps.models import build_model_for
+from hier_ps.pipeline import PassFeeder, PassItem
 from hier_ps.plan import BatchPlan, PassPlan, plan_pass
 from hier_ps.ring.group import Ring, owner, sum_hook
 from hier_ps.ring.reshard import remove_other_worlds, reshard_into, store_dir_for
@@ -167,6 +167,7 @@ class Trainer:
         self.store = self._open_store({n: s.layout.width for n, s in self.specs.items()})
         self.rows_total = {n: self.store.num_rows(n) for n in self.specs}  # every row is in the store at a commit
         self._owned_new: dict[str, int] = {}
+        self._admission_state: dict[str, torch.Tensor] | None = None  # the sketch as of the last pass trained
         self.host = HostCache(self.store, int(cfg.store.host_cache_bytes))
         self._closed = False
         log.info(
@@ -309,7 +310,7 @@ class Trainer:
             "torch_rng": torch.get_rng_state(),
         }
         if self.admission:
-            state["admission"] = self.admission.state_dict()
+            state["admission"] = self._admission_state or self.admission.state_dict()
         if torch.cuda.is_available():
             state["cuda_rng"] = torch.cuda.get_rng_state_all()
         meta = {
@@ -479,29 +480,30 @@ class Trainer:
         evaluated_last = False
         limit = cfg.train.max_passes
 
-        def limit_hit() -> bool:
-            return limit is not None and self.pass_index >= limit
-
         try:
             if self.resumed_from is None and self.pass_index == 0:
                 # A checkpoint of the empty start: a crash before the first real checkpoint resumes from here, so that
                 # the store's commits are never without a checkpoint that names them.
                 self._checkpoint(metrics_f)
-            while self.epoch < cfg.train.epochs and not limit_hit():
-                # The data cursor: passes already done in this epoch are read and skipped, never trained twice.
-                chunks = itertools.islice(
-                    self.train_reader.iter_chunks(cfg.train.pass_examples), self.pass_in_epoch, None
-                )
+            feeder = PassFeeder(
+                self.train_reader.iter_chunks,
+                self._plan_for,
+                (self.epoch, self.pass_in_epoch, self.pass_index),
+                cfg.train.epochs,
+                cfg.train.pass_examples,
+                limit,
+            )
+            try:
                 t0 = time.perf_counter()
-                chunk = next(chunks, None)
-                read_s = time.perf_counter() - t0
-                if chunk is None:
-                    self.epoch, self.pass_in_epoch = self.epoch + 1, 0
-                    continue
-                while chunk is not None:
-                    times = {"read": read_s}
-                    last = self._run_pass(chunk, self.epoch, times, bar)
-                    self.pass_in_epoch += 1
+                item = feeder.get()
+                wait_s = time.perf_counter() - t0
+                while item is not None:
+                    times = {"read": item.seconds["read"], "plan": item.seconds["plan"], "wait": wait_s}
+                    last = self._run_pass(item, times, bar)
+                    if item.end_of_epoch:
+                        self.epoch, self.pass_in_epoch = self.epoch + 1, 0
+                    else:
+                        self.pass_in_epoch += 1
                     trained += last["examples"]
                     every = cfg.eval.every_passes
                     evaluated_last = bool(self.eval_reader and every and self.pass_index % every == 0)
@@ -510,13 +512,11 @@ class Trainer:
                         last.update(self._eval_record(self.evaluate()))
                         times["eval"] = time.perf_counter() - t0
                         self._log_eval(last)
-                    # Read the next pass now, so that this one knows whether it is the last (and checkpoints).
+                    # The next pass has been read and planned meanwhile (or is being): is this one the last?
                     t0 = time.perf_counter()
-                    chunk = None if limit_hit() else next(chunks, None)
-                    read_s = time.perf_counter() - t0
-                    if chunk is None and not limit_hit():
-                        self.epoch, self.pass_in_epoch = self.epoch + 1, 0
-                    final = limit_hit() or self.epoch >= cfg.train.epochs
+                    nxt = feeder.get()
+                    wait_s = time.perf_counter() - t0
+                    final = nxt is None
                     ck_every = cfg.checkpoint.every_passes
                     scheduled = bool(ck_every and self.pass_index % ck_every == 0)
                     checkpoint_now = final or scheduled
@@ -530,6 +530,9 @@ class Trainer:
                     metrics_f.flush()
                     if checkpoint_now:
                         self._checkpoint(metrics_f)
+                    item = nxt
+            finally:
+                feeder.close()
             bar.close()
             if self._checkpointed_pass != self.pass_index:
                 self._checkpoint(metrics_f)
@@ -561,20 +564,27 @@ class Trainer:
             redirect.__exit__(None, None, None)
             metrics_f.close()
 
-    def _run_pass(self, chunk: Any, epoch: int, times: dict[str, float], bar: tqdm) -> dict[str, Any]:
+    def _plan_for(self, chunk: Any, epoch: int, index: int) -> tuple[PassPlan, Any]:
+        """Read-ahead thread: shuffles and plans one pass; returns the plan and the admission sketch after it."""
         cfg = self.cfg
-        t0 = time.perf_counter()
         if cfg.train.shuffle:
-            rng = np.random.default_rng([cfg.run.seed, epoch, self.pass_index])
+            rng = np.random.default_rng([cfg.run.seed, epoch, index])
             chunk = chunk.take(rng.permutation(len(chunk)))
         plan = plan_pass(
             chunk,
             self.slot_tables,
             cfg.train.batch_size * self.world,  # global batches; each rank trains its slice of each
-            self.pass_index,
+            index,
             admit=self.admission.admit if self.admission else None,
             admission_tables=set(self.admission.sketches),
         )
+        return plan, (self.admission.state_dict() if self.admission else None)
+
+    def _run_pass(self, item: PassItem, times: dict[str, float], bar: tqdm) -> dict[str, Any]:
+        cfg = self.cfg
+        plan, epoch, chunk = item.plan, item.epoch, item.plan.chunk
+        assert item.pass_index == self.pass_index, (item.pass_index, self.pass_index)
+        self._admission_state = item.extra  # what a checkpoint after this pass saves
         t1 = time.perf_counter()
         ssd_before = dict(self.store.stats)
         comm_before = dict(self.ring.bytes) if self.ring else {}
@@ -612,7 +622,10 @@ class Trainer:
             pushed = ws.push(self.host, plan.counts, self.pass_index, mine)
         del ws
         t5 = time.perf_counter()
-        times.update(plan=t1 - t0, pull=t2 - t1, load=t3 - t2, train=t4 - t3, push=t5 - t4)
+        times.update(pull=t2 - t1, load=t3 - t2, train=t4 - t3, push=t5 - t4)
+        # The trainer's own time for this pass: waiting for read + plan (the exposed part of the background
+        # stages), then pull, load, train, push.
+        wall = times["wait"] + (t5 - t1)
         self.pass_index += 1
         self.examples_seen += len(chunk)
         ssd = {k: v - ssd_before.get(k, 0) for k, v in self.store.stats.items() if isinstance(v, int | float)}
@@ -623,7 +636,9 @@ class Trainer:
             "epoch": epoch,
             "examples": len(chunk),
             "train_loss": loss_sum / max(len(chunk), 1),
-            "examples_per_s": len(chunk) / max(sum(times.values()), 1e-9),
+            "examples_per_s": len(chunk) / max(wall, 1e-9),
+            "wall_s": wall,
+            "exposed_s": times["wait"],
             "working_set_keys": {n: len(k) for n, k in plan.keys.items()},
             "new_keys": {n: n_new for n, (_, n_new) in fetched.items()},
             "seconds": times,

@@ -1,0 +1,136 @@
+"""The read + plan stages of the next pass, run in a background thread while the current pass trains.
+
+A :class:`PassFeeder` walks the training data pass after pass (epochs, the data cursor of a resumed run, the pass
+limit), and for each pass reads its examples, shuffles them if asked and plans them, one pass ahead of the trainer.
+At most one planned pass waits (so at most two passes are in memory: the one training and the next). Reading and
+planning touch no tier, so they cannot see a stale row; pull, load and push stay in the trainer's thread, in pass
+order. The admission sketch is updated by planning, in pass order as before; each item carries the sketch as it was
+right after its own planning, which is what a checkpoint after that pass must save.
+
+Example:
+    >>> feeder = PassFeeder(reader.iter_chunks, plan_fn, start=(0, 0, 0), epochs=1,    # doctest: +SKIP
+    ...                     pass_examples=500_000, max_passes=None)
+    >>> item = feeder.get()  # PassItem | None                                          # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["PassFeeder", "PassItem"]
+
+
+@dataclass
+class PassItem:
+    """One pass, read and planned.
+
+    Attributes:
+        plan: the PassPlan (its ``chunk`` holds the examples).
+        epoch: the pass's epoch.
+        pass_in_epoch: its index within the epoch.
+        pass_index: its global index.
+        end_of_epoch: it is the epoch's last pass.
+        seconds: {"read": ..., "plan": ...} spent on it in the background.
+        extra: what `plan_fn` returned beside the plan (e.g. the admission sketch after planning).
+    """
+
+    plan: Any
+    epoch: int
+    pass_in_epoch: int
+    pass_index: int
+    end_of_epoch: bool
+    seconds: dict[str, float]
+    extra: Any = None
+
+
+@dataclass
+class _Failure:
+    error: BaseException
+
+
+@dataclass
+class PassFeeder:
+    """Reads and plans passes one ahead in a daemon thread.
+
+    Args:
+        chunks: ``chunks(pass_examples)`` -> an iterator of one epoch's passes (a new one per epoch).
+        plan_fn: ``plan_fn(chunk, epoch, pass_index) -> (plan, extra)``; called in pass order.
+        start: (epoch, pass_in_epoch, pass_index) of the first pass to produce (a resumed run's data cursor).
+        epochs: epochs in all.
+        pass_examples: examples per pass.
+        max_passes: stop before this global pass index (None: no limit).
+        prefetch: planned passes that may wait (1: two passes in flight with the one training).
+    """
+
+    chunks: Callable[[int], Iterator[Any]]
+    plan_fn: Callable[[Any, int, int], tuple[Any, Any]]
+    start: tuple[int, int, int]
+    epochs: int
+    pass_examples: int
+    max_passes: int | None
+    prefetch: int = 1
+    _queue: queue.Queue = field(init=False)
+    _stop: threading.Event = field(init=False)
+    _thread: threading.Thread | None = field(init=False, default=None)
+
+    def __post_init__(self) -> None:
+        self._queue = queue.Queue(maxsize=self.prefetch)
+        self._stop = threading.Event()
+
+    def _put(self, item: object) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _run(self) -> None:
+        try:
+            epoch, skip, index = self.start
+            while epoch < self.epochs and (self.max_passes is None or index < self.max_passes):
+                it = iter(self.chunks(self.pass_examples))
+                for _ in range(skip):  # passes of this epoch done before a resume: read, never trained twice
+                    if next(it, None) is None:
+                        break
+                pos = skip
+                t0 = time.perf_counter()
+                chunk = next(it, None)
+                read_s = time.perf_counter() - t0
+                while chunk is not None and (self.max_passes is None or index < self.max_passes):
+                    t0 = time.perf_counter()
+                    plan, extra = self.plan_fn(chunk, epoch, index)
+                    plan_s = time.perf_counter() - t0
+                    t0 = time.perf_counter()
+                    nxt = next(it, None)  # one pass ahead within the epoch: is this its last?
+                    next_read_s = time.perf_counter() - t0
+                    item = PassItem(plan, epoch, pos, index, nxt is None, {"read": read_s, "plan": plan_s}, extra)
+                    if not self._put(item):
+                        return
+                    chunk, read_s, pos, index = nxt, next_read_s, pos + 1, index + 1
+                epoch, skip = epoch + 1, 0
+            self._put(None)
+        except BaseException as e:  # handed to the trainer's thread, raised there
+            self._put(_Failure(e))
+
+    def get(self) -> PassItem | None:
+        """The next pass (waits for it), or None after the last one. Re-raises an error of the reading thread."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="hier-ps-feeder", daemon=True)
+            self._thread.start()
+        item = self._queue.get()
+        if isinstance(item, _Failure):
+            raise item.error
+        return item
+
+    def close(self) -> None:
+        """Stops the thread (a pass it is planning is dropped)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
