@@ -9,7 +9,7 @@ setup(
     packages=find_packages(include=["hier_ps", "hier_ps.*"]),
     package_data={"hier_ps": ["configs/*.yaml"]},
     python_requires=">=3.11",
-    install_requires=["torch>=2.4", "numpy>=1.24", "pyarrow>=14", "pyyaml>=6", "tqdm>=4.60"],
+    install_requires=["torch>=2.4", "numpy>=1.24", "pyarrow>=14", "pyyaml>=6", "tqdm>=4.60", "matplotlib>=3.7"],
     extras_require={
         "cuda": ["cupy-cuda12x>=13"],
         "bench": ["rocksdict>=0.3", "torchrec==1.8.0", "fbgemm-gpu-cpu==1.8.0"],

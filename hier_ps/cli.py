@@ -1,4 +1,4 @@
-"""The ``hier-ps`` command line: train, eval, export, gen-data, convert criteo.
+"""The ``hier-ps`` command line: train, eval, export, report, gen-data, convert criteo.
 
 ``main(argv)`` is the entry point (testable in-process). User errors print one line and exit with code 2.
 """
@@ -38,6 +38,10 @@ def _parser() -> argparse.ArgumentParser:
     x.add_argument("out", help="export directory to create")
     x.add_argument("--dtype", choices=["fp32", "fp16"], default="fp32", help="embedding type (default fp32)")
     x.add_argument("--since", default=None, metavar="EXPORT", help="write a delta against this earlier export")
+
+    r = sub.add_parser("report", help="draw PNG plots of a run's metrics (quality, stage times, tier traffic)")
+    r.add_argument("run_dir", help="the run directory")
+    r.add_argument("--out", default=None, help="output directory (default RUN_DIR/report)")
 
     g = sub.add_parser("gen-data", help="write a synthetic Criteo-like Parquet data set with a known oracle AUC")
     g.add_argument("out_dir")
@@ -105,6 +109,14 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report(args: argparse.Namespace) -> int:
+    from hier_ps.report import write_report
+
+    for f in write_report(args.run_dir, args.out):
+        print(f)
+    return 0
+
+
 def _gen_data(args: argparse.Namespace) -> int:
     from hier_ps.data import generate_synthetic
 
@@ -136,7 +148,14 @@ def main(argv: list[str] | None = None) -> int:
             datefmt="%H:%M:%S",
             stream=sys.stderr,
         )
-    commands = {"train": _train, "eval": _eval, "export": _export, "gen-data": _gen_data, "convert": _convert}
+    commands = {
+        "train": _train,
+        "eval": _eval,
+        "export": _export,
+        "report": _report,
+        "gen-data": _gen_data,
+        "convert": _convert,
+    }
     try:
         return commands[args.command](args)
     except HierPSError as e:

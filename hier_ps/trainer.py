@@ -586,7 +586,7 @@ class Trainer:
         assert item.pass_index == self.pass_index, (item.pass_index, self.pass_index)
         self._admission_state = item.extra  # what a checkpoint after this pass saves
         t1 = time.perf_counter()
-        ssd_before = dict(self.store.stats)
+        ssd_before, host_before = dict(self.store.stats), dict(self.host.stats)
         comm_before = dict(self.ring.bytes) if self.ring else {}
         mine = {n: owner(k, self.world) == self.rank for n, k in plan.keys.items()} if self.ring else None
         if self.row_wise:  # this rank holds only the rows it owns
@@ -643,7 +643,7 @@ class Trainer:
             "new_keys": {n: n_new for n, (_, n_new) in fetched.items()},
             "seconds": times,
             "bytes_pushed": pushed,
-            "host_cache": self._host_stats(),
+            "host_cache": self._host_stats(host_before),
             "ssd": ssd,
         }
         if self.ring is not None:  # this rank's collective buffers in this pass (every rank's are the same size)
@@ -665,9 +665,15 @@ class Trainer:
         )
         return rec
 
-    def _host_stats(self) -> dict[str, Any]:
+    def _host_stats(self, before: dict[str, Any]) -> dict[str, Any]:
+        """This pass's host-cache counters (the cache's own are cumulative), its hit rate, and rows resident."""
         st = self.host.stats
-        return {k: v for k, v in st.items() if isinstance(v, int | float)}
+        out = {k: st[k] - before.get(k, 0) for k in ("hits", "misses", "evictions", "rows_written_back") if k in st}
+        reads = out.get("hits", 0) + out.get("misses", 0)
+        out["hit_rate"] = out.get("hits", 0) / reads if reads else 0.0
+        if "resident_rows" in st:
+            out["resident_rows"] = st["resident_rows"]
+        return out
 
     def _check_hbm_budget(self, rows: dict[str, np.ndarray]) -> None:
         need = sum((r.shape[1] - 4) * r.shape[0] * 4 for r in rows.values())

@@ -96,3 +96,23 @@ def test_telemetry_is_consistent(tiny_data: dict, tmp_path: Path) -> None:
     # Per-pass times never add up to more than the run took (background stages are not counted twice).
     assert sum(r["wall_s"] for r in recs) <= summary["wall_s"]
     assert sum(r["seconds"]["read"] + r["seconds"]["plan"] for r in recs) > 0
+
+
+def test_report_draws_three_plots(tiny_data: dict, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from hier_ps.cli import main
+
+    cfg = tiny_config(tiny_data, tmp_path / "run", **{"train.pass_examples": 4096, "eval.every_passes": 2})
+    with hp.Trainer(cfg) as tr:
+        tr.fit()
+    assert main(["report", str(tmp_path / "run")]) == 0
+    files = capsys.readouterr().out.split()
+    assert [Path(f).name for f in files] == ["quality.png", "stages.png", "traffic.png"]
+    for f in files:
+        data = Path(f).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+    assert main(["report", str(tmp_path / "nowhere")]) == 2
+    assert "metrics.jsonl: not found" in capsys.readouterr().err
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "metrics.jsonl").write_text('{"pass": 0, "seconds": {}}\n{not json\n')
+    assert main(["report", str(tmp_path / "bad")]) == 2
+    assert "metrics.jsonl: line 2 is not a pass record" in capsys.readouterr().err
