@@ -102,6 +102,13 @@ class ResumeMode(enum.StrEnum):
     REQUIRED = "required"  #: resume, or stop with an error when no valid checkpoint exists
 
 
+class CachePolicy(enum.StrEnum):
+    """Eviction policy of the host cache."""
+
+    LRU = "lru"  #: least recently used first
+    LFU = "lfu"  #: least frequently used first (uses counted while resident), least recent among equals
+
+
 class EmbeddingSharding(enum.StrEnum):
     """How the ranks of a multi-rank run hold a pass's working set."""
 
@@ -337,6 +344,7 @@ class StoreConfig:
 
     dir: str | None = None  #: SSD store directory (default: RUN_DIR/store)
     host_cache_bytes: int | str = "256MiB"  #: host RAM cache budget over the SSD store (0 = no cache)
+    host_cache_policy: CachePolicy = CachePolicy.LRU  #: which rows the host cache evicts first
     hbm_bytes: int | str = "auto"  #: device budget for a pass's working set; auto = 80% of free device memory
     compact_stale_fraction: float = 0.5  #: at a checkpoint, compact the SSD store when stale rows exceed this share
 

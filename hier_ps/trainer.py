@@ -168,7 +168,7 @@ class Trainer:
         self.rows_total = {n: self.store.num_rows(n) for n in self.specs}  # every row is in the store at a commit
         self._owned_new: dict[str, int] = {}
         self._admission_state: dict[str, torch.Tensor] | None = None  # the sketch as of the last pass trained
-        self.host = HostCache(self.store, int(cfg.store.host_cache_bytes))
+        self.host = HostCache(self.store, int(cfg.store.host_cache_bytes), cfg.store.host_cache_policy.value)
         self._closed = False
         log.info(
             "hier_ps: device %s, %d tables, store %s, host cache %.1f MiB",

@@ -1,10 +1,12 @@
-"""Host-RAM tier: a bounded write-back LRU cache of rows over a backing tier (the SSD store).
+"""Host-RAM tier: a bounded write-back cache of rows over a backing tier (the SSD store), LRU or LFU.
 
 The byte budget is split so that every table can hold the same number of rows (each table's share is proportional
 to its row bytes). Per table the cache keeps preallocated arrays — rows float32[cap, width], the key of each slot,
 dirty and last-use marks — and a sorted key index searched with ``np.searchsorted`` and updated by merging (resident
 keys are never re-sorted). Every operation is vectorized over its batch; evictions choose least-recently-used slots
-with ``np.argpartition`` and write dirty victims back to the backing tier in one batched call.
+with ``np.argpartition`` — least recently used (``lru``), or least frequently used with the least recent first among
+equals (``lfu``: reads and writes while resident count as uses) — and write dirty victims back to the backing tier in
+one batched call.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ class _Slots:
         self.used = np.zeros(cap, bool)
         self.dirty = np.zeros(cap, bool)
         self.last_use = np.zeros(cap, np.int64)
+        self.uses = np.zeros(cap, np.int64)  # lfu: reads and writes since the row became resident
         self.ikeys = np.zeros(0, np.uint64)  # sorted resident keys
         self.islots = np.zeros(0, np.int64)  # their slots
 
@@ -71,6 +74,7 @@ class HostCache:
         backing: the tier below (usually an SSDStore).
         capacity_bytes: budget for cached rows over all tables; 0 makes the cache a pass-through. Each table gets
             ``capacity_bytes // sum(4 * width)`` rows, so that every table can hold the same number of rows.
+        policy: ``lru`` or ``lfu`` (see the module docstring).
 
     Attributes:
         stats: ``hits``, ``misses`` (keys of reads), ``evictions``, ``rows_written_back`` (evicted or flushed dirty
@@ -83,9 +87,12 @@ class HostCache:
         >>> cache.flush(); store.commit()
     """
 
-    def __init__(self, backing: RowTier, capacity_bytes: int) -> None:
+    def __init__(self, backing: RowTier, capacity_bytes: int, policy: str = "lru") -> None:
         if capacity_bytes < 0:
             raise ValueError(f"capacity_bytes must be >= 0, got {capacity_bytes}")
+        if policy not in ("lru", "lfu"):
+            raise ValueError(f"policy must be lru or lfu, got {policy!r}")
+        self.policy = policy
         self.backing = backing
         self.capacity_bytes = capacity_bytes
         widths = backing.widths()
@@ -122,7 +129,10 @@ class HostCache:
         free = np.flatnonzero(~s.used)[:n] if s.resident < s.cap else np.zeros(0, np.int64)
         if need > 0:
             occ = s.islots
-            victims = occ[np.argpartition(s.last_use[occ], need - 1)[:need]]
+            score = s.last_use[occ]
+            if self.policy == "lfu":  # fewest uses first, the least recent among equals (clock < 2**40)
+                score = (np.minimum(s.uses[occ], 2**22) << 40) + score
+            victims = occ[np.argpartition(score, need - 1)[:need]]
             dirty = victims[s.dirty[victims]]
             if len(dirty):
                 self.backing.write(name, s.keys[dirty], s.rows[dirty])
@@ -140,6 +150,7 @@ class HostCache:
         slots = self._free_slots(name, len(keys))
         s.rows[slots], s.keys[slots] = rows, keys
         s.used[slots], s.dirty[slots], s.last_use[slots] = True, dirty, clock
+        s.uses[slots] = 1
         s.index_add(keys, slots)
 
     def read(self, table: str, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -160,6 +171,7 @@ class HostCache:
         rows = np.empty((len(keys), s.width), np.float32)
         rows[hit] = s.rows[slots[hit]]
         s.last_use[slots[hit]] = clock
+        s.uses[slots[hit]] += 1
         found = hit.copy()
         miss = np.flatnonzero(~hit)
         if len(miss):
@@ -194,6 +206,7 @@ class HostCache:
         s.rows[slots[hit]] = rows[hit]
         s.dirty[slots[hit]] = True
         s.last_use[slots[hit]] = clock
+        s.uses[slots[hit]] += 1
         new = np.flatnonzero(~hit)
         if len(new) > s.cap:
             spill = new[: len(new) - s.cap]

@@ -55,12 +55,12 @@ ops = st.lists(
 
 
 @settings(max_examples=80, deadline=None)
-@given(ops=ops, cap_rows=st.integers(0, 12))
-def test_matches_dict_model(ops: list, cap_rows: int) -> None:
+@given(ops=ops, cap_rows=st.integers(0, 12), policy=st.sampled_from(["lru", "lfu"]))
+def test_matches_dict_model(ops: list, cap_rows: int, policy: str) -> None:
     widths = {"a": 3, "b": 1}
     backing = DictTier(widths)
     capacity = cap_rows * 4 * (3 + 1)
-    cache = HostCache(backing, capacity)
+    cache = HostCache(backing, capacity, policy)
     model = {"a": {}, "b": {}}
     for op, t, keys, val in ops:
         k = np.array(keys, np.uint64)
@@ -105,6 +105,21 @@ def test_lru_eviction_writes_back_dirty_only() -> None:
     cache.write("a", np.array([5], np.uint64), np.full((1, 1), 5, np.float32))  # evicts 3 (dirty -> written)
     assert backing.d["a"][3][0] == 7 and backing.writes == 4
     assert cache.stats["hits"] == 1 and cache.stats["misses"] == 1
+
+
+def test_lfu_keeps_the_frequent_rows_lru_the_recent_ones() -> None:
+    kept = {}
+    for policy in ("lru", "lfu"):
+        cache = HostCache(DictTier({"a": 1}), 3 * 4, policy)  # 3 rows
+        cache.write("a", np.array([1, 2, 3], np.uint64), np.ones((3, 1), np.float32))
+        for _ in range(3):
+            cache.read("a", np.array([1], np.uint64))  # 1: frequent, but not recent after what follows
+        cache.read("a", np.array([2], np.uint64))
+        cache.read("a", np.array([3], np.uint64))
+        cache.write("a", np.array([4], np.uint64), np.ones((1, 1), np.float32))  # one row must go
+        kept[policy] = sorted(cache.t["a"].ikeys.tolist())
+    assert kept["lru"] == [2, 3, 4]  # 1 was least recently used
+    assert kept["lfu"] == [1, 3, 4]  # 2 and 3 used twice, 1 four times: 2 goes (the older of the two)
 
 
 def test_capacity_zero_passes_through(tmp_path: Path) -> None:
