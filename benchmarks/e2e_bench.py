@@ -10,7 +10,13 @@ What each side's number includes:
 - ``hier_ps whole run``: the trainer's own time for every pass (metrics.jsonl ``wall_s``): waiting for the pass to be
   read and planned (done in a background thread while the previous pass trains, so only the first pass and what
   does not hide shows up), pull from the tiers, load, train, push. Checkpoints and eval are off.
+- ``hier_ps whole run, model 10x the host cache``: the same with ``store.host_cache_bytes`` a tenth of the model's row
+  bytes (rows go to and come from the SSD store between passes).
 - ``pytorch``: the training loop only, given keys already remapped to dense row indices (planning done for it, free).
+- ``fbgemm``: FBGEMM's table-batched embedding (``SplitTableBatchedEmbeddingBagsCodegen``, the kernel TorchRec's
+  fused EmbeddingBagCollection runs) with its fused exact row-wise Adagrad on the CPU, same DLRM and batches; the
+  training loop only, its inputs (indices and offsets of all slots, table-batched) built before timing. Skipped when
+  fbgemm-gpu-cpu is not installed (``pip install fbgemm-gpu-cpu==1.8.0``).
 
 Usage: ``python benchmarks/e2e_bench.py [--rows 200000] [--passes 4] [--batch 4096] [--dim 16]``; prints a table and
 a JSON line.
@@ -25,6 +31,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -53,9 +60,11 @@ def _config(data: Path, run: Path, pass_rows: int, batch: int, dim: int, info: d
 def run_hier_ps(cfg: hp.Config) -> dict:
     with hp.Trainer(cfg) as tr:
         s = tr.fit()
+        model_bytes = sum(tr.store.num_rows(t) * spec.layout.width * 4 for t, spec in tr.specs.items())
     recs = [json.loads(line) for line in (Path(cfg.run.dir) / "metrics.jsonl").read_text().splitlines()]
     return {
         "examples": s["examples"],
+        "model_bytes": model_bytes,
         "passes": len(recs),
         "train_s": sum(r["seconds"]["train"] for r in recs),
         "pass_s": sum(r["wall_s"] for r in recs),
@@ -64,13 +73,69 @@ def run_hier_ps(cfg: hp.Config) -> dict:
     }
 
 
-def run_pytorch(cfg: hp.Config, rows: int) -> dict:
+def _planned(cfg: hp.Config, rows: int) -> tuple:
+    """All examples planned as one pass: keys remapped to dense row indices per table (free for the baselines)."""
     reader = ParquetReader(
         cfg.data.train, label=cfg.data.labels, dense=cfg.data.dense, slots={s.name: s.column for s in cfg.data.sparse}
     )
     chunk = next(reader.iter_chunks(rows))
     slot_tables = {s.name: s.table for s in cfg.data.sparse}
-    plan = plan_pass(chunk, slot_tables, cfg.train.batch_size, 0, for_training=False)
+    return chunk, slot_tables, plan_pass(chunk, slot_tables, cfg.train.batch_size, 0, for_training=False)
+
+
+def run_fbgemm(cfg: hp.Config, rows: int) -> dict | None:
+    try:
+        from fbgemm_gpu.split_table_batched_embeddings_ops_common import EmbeddingLocation, PoolingMode
+        from fbgemm_gpu.split_table_batched_embeddings_ops_training import (
+            ComputeDevice,
+            OptimType,
+            SplitTableBatchedEmbeddingBagsCodegen,
+        )
+    except ImportError:
+        return None
+    chunk, slot_tables, plan = _planned(cfg, rows)
+    tables = list(plan.keys)
+    slots = list(slot_tables)
+    dims = {s: cfg.table(slot_tables[s]).dim for s in slots}
+    if len(set(dims.values())) != 1:
+        return None  # one table-batched module needs one dim here
+    dim = next(iter(dims.values()))
+    torch.manual_seed(cfg.run.seed)
+    model = build_model(cfg.model.name, dense_dim=len(cfg.data.dense), slot_dims=dims, args=cfg.model.args)
+    emb = SplitTableBatchedEmbeddingBagsCodegen(
+        embedding_specs=[(len(plan.keys[t]), dim, EmbeddingLocation.HOST, ComputeDevice.CPU) for t in tables],
+        feature_table_map=[tables.index(slot_tables[s]) for s in slots],
+        optimizer=OptimType.EXACT_ROWWISE_ADAGRAD,
+        learning_rate=cfg.sparse_optimizer.lr,
+        eps=cfg.sparse_optimizer.eps,
+        pooling_mode=PoolingMode.MEAN,  # single-hot slots: the same as sum
+    )
+    dense_opt = torch.optim.Adam(model.parameters(), lr=cfg.dense_optimizer.lr)
+    inputs = []
+    for i in range(plan.num_batches):
+        b = plan.batch(i)
+        parts, offs, base = [], [], 0
+        for s in slots:
+            off, idx = b.slots[s]
+            parts.append(idx)
+            offs.append(off[:-1] + base)
+            base += int(off[-1])
+        offsets = torch.from_numpy(np.concatenate([*offs, [base]]).astype(np.int64))
+        inputs.append((b, torch.from_numpy(np.concatenate(parts).astype(np.int64)), offsets))
+    t0 = time.perf_counter()
+    for b, indices, offsets in inputs:
+        out = emb(indices, offsets)
+        sparse = {s: out[:, j * dim : (j + 1) * dim] for j, s in enumerate(slots)}
+        logits = model(torch.from_numpy(b.dense), sparse).reshape(len(b), -1)
+        loss = F.binary_cross_entropy_with_logits(logits, torch.from_numpy(b.labels))
+        dense_opt.zero_grad(set_to_none=True)
+        loss.backward()  # the row-wise Adagrad update of the touched rows happens here, fused
+        dense_opt.step()
+    return {"examples": len(chunk), "train_s": time.perf_counter() - t0}
+
+
+def run_pytorch(cfg: hp.Config, rows: int) -> dict:
+    chunk, slot_tables, plan = _planned(cfg, rows)
     torch.manual_seed(cfg.run.seed)
     dims = {s.name: cfg.table(s.table).dim for s in cfg.data.sparse}
     model = build_model(cfg.model.name, dense_dim=len(cfg.data.dense), slot_dims=dims, args=cfg.model.args)
@@ -117,7 +182,11 @@ def main() -> None:
         info = generate_synthetic(data, preset="demo", seed=0, train_rows=args.rows, eval_rows=1000)
         cfg = _config(data, Path(tmp) / "run", args.rows // args.passes, args.batch, args.dim, info)
         ours = run_hier_ps(cfg)
+        small = _config(data, Path(tmp) / "small", args.rows // args.passes, args.batch, args.dim, info)
+        small.store.host_cache_bytes = max(ours["model_bytes"] // 10, 1)
+        ours_small = run_hier_ps(small)
         base = run_pytorch(cfg, args.rows)
+        fb = run_fbgemm(cfg, args.rows)
     res = {
         "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch "
         f"{torch.__version__}",
@@ -131,12 +200,31 @@ def main() -> None:
         "hier_ps_pass_ex_s": ours["examples"] / ours["pass_s"],
         "pytorch_train_ex_s": base["examples"] / base["train_s"],
     }
+    res["host_cache_bytes_small"] = ours["model_bytes"] // 10
+    res["model_bytes"] = ours["model_bytes"]
+    res["hier_ps_small_cache_ex_s"] = ours_small["examples"] / ours_small["pass_s"]
+    res["ratio_small_cache"] = res["hier_ps_small_cache_ex_s"] / res["hier_ps_pass_ex_s"]
+    res["fbgemm_train_ex_s"] = fb["examples"] / fb["train_s"] if fb else None
+    res["ratio_vs_fbgemm"] = res["hier_ps_pass_ex_s"] / res["fbgemm_train_ex_s"] if fb else None
+    res["ratio_train_vs_fbgemm"] = res["hier_ps_train_ex_s"] / res["fbgemm_train_ex_s"] if fb else None
     res["ratio_train"] = res["hier_ps_train_ex_s"] / res["pytorch_train_ex_s"]
     res["ratio_pass"] = res["hier_ps_pass_ex_s"] / res["pytorch_train_ex_s"]
     print(f"{'side':<32}{'examples/s':>14}")
     print(f"{'hier_ps train stage':<32}{res['hier_ps_train_ex_s']:>14,.0f}")
     print(f"{'hier_ps whole run':<32}{res['hier_ps_pass_ex_s']:>14,.0f}")
+    print(f"{'hier_ps whole run, cache 1/10':<32}{res['hier_ps_small_cache_ex_s']:>14,.0f}")
     print(f"{'pytorch EmbeddingBag+Adagrad':<32}{res['pytorch_train_ex_s']:>14,.0f}")
+    if fb:
+        print(f"{'fbgemm TBE fused rw-Adagrad':<32}{res['fbgemm_train_ex_s']:>14,.0f}")
+        print(
+            f"ratio vs fbgemm: whole run {res['ratio_vs_fbgemm']:.2f}x, train stage {res['ratio_train_vs_fbgemm']:.2f}x"
+        )
+    else:
+        print("fbgemm: not installed, skipped")
+    print(
+        f"model {res['model_bytes'] / 2**20:.1f} MiB of rows; host cache 1/10 of it vs all in RAM: "
+        f"{res['ratio_small_cache']:.2f}x"
+    )
     print(f"ratio (train stage / pytorch): {res['ratio_train']:.2f}x; (whole run / pytorch): {res['ratio_pass']:.2f}x")
     print(
         f"passes 2..{ours['passes']}: read + plan {ours['background_s']:.2f} s in the background, "
