@@ -362,7 +362,9 @@ class TrainConfig:
 
     device: str = "auto"  #: auto (cuda if available, else cpu), cpu, cuda, cuda:N
     batch_size: int = 4096  #: examples per training step
-    pass_examples: int = 500_000  #: examples per pass; batches are cut within a pass (the last may be short)
+    #: examples per pass; batches are cut within a pass (the last may be short). ``auto``: as many whole global
+    #: batches as fit store.hbm_bytes (on CPU with hbm_bytes auto: a quarter of the machine's RAM)
+    pass_examples: int | str = 500_000
     epochs: int = 1  #: passes over the training data
     shuffle: bool = False  #: shuffle examples within each pass (seeded by run.seed, epoch and pass)
     max_passes: int | None = None  #: stop after this many passes (all epochs together)
@@ -375,8 +377,10 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
             raise ConfigError(f"device: expected auto, cpu, cuda or cuda:N, got {self.device!r}")
+        if isinstance(self.pass_examples, str) and self.pass_examples != "auto":
+            raise ConfigError(f"pass_examples: expected a number of examples or auto, got {self.pass_examples!r}")
         for f in ("batch_size", "pass_examples", "epochs"):
-            if getattr(self, f) <= 0:
+            if getattr(self, f) != "auto" and getattr(self, f) <= 0:
                 raise ConfigError(f"{f}: must be > 0, got {getattr(self, f)}")
         if self.max_passes is not None and self.max_passes <= 0:
             raise ConfigError(f"max_passes: must be > 0, got {self.max_passes}")

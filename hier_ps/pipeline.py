@@ -22,7 +22,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["PassFeeder", "PassItem"]
+import numpy as np
+
+from hier_ps.data import ExampleChunk
+from hier_ps.errors import HierPSError
+
+__all__ = ["PassFeeder", "PassItem", "cut_passes_by_budget"]
 
 
 @dataclass
@@ -134,3 +139,84 @@ class PassFeeder:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=30)
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n / 1024:.1f} KiB"
+
+
+class _DistinctCounter:
+    """Distinct uint64 keys seen so far, in sorted runs merged now and then (cheap membership for small batches)."""
+
+    def __init__(self) -> None:
+        self.runs: list[np.ndarray] = []
+        self.count = 0
+
+    def new_keys(self, keys: np.ndarray) -> np.ndarray:
+        """The distinct keys of `keys` not seen yet (sorted)."""
+        fresh = np.unique(keys)
+        for run in self.runs:
+            if not len(fresh):
+                break
+            pos = np.minimum(np.searchsorted(run, fresh), len(run) - 1)
+            fresh = fresh[run[pos] != fresh]
+        return fresh
+
+    def add(self, fresh: np.ndarray) -> None:
+        if len(fresh):
+            self.runs.append(fresh)
+            self.count += len(fresh)
+        if len(self.runs) > 8:  # merge: keeps lookups at a few binary searches per key
+            self.runs = [np.sort(np.concatenate(self.runs))]
+
+
+def cut_passes_by_budget(
+    batches: Iterator[ExampleChunk],
+    slot_tables: dict[str, str],
+    key_bytes: dict[str, int],
+    budget: int,
+    fixed_bytes: int = 0,
+) -> Iterator[ExampleChunk]:
+    """Cuts a stream of batches into passes whose working sets fit `budget` (``train.pass_examples: auto``).
+
+    A pass takes whole batches, as many as fit: its device bytes are ``fixed_bytes`` plus, per table, its distinct
+    keys times ``key_bytes[table]``. Passes are cut at batch boundaries, so batches (and results) are the same as
+    with one big pass; the cut is a pure function of the data, so a resumed run cuts the same passes.
+
+    Args:
+        batches: the epoch's examples in batches of ``train.batch_size`` (the last may be short).
+        slot_tables: slot -> table.
+        key_bytes: table -> device bytes per key (embedding + optimizer state).
+        budget: device bytes a pass's working set may take.
+        fixed_bytes: bytes every pass takes whatever its keys (null rows of tables with admission).
+
+    Raises:
+        HierPSError: a single batch needs more than the budget.
+    """
+    by_table: dict[str, list[str]] = {}
+    for slot, table in slot_tables.items():
+        by_table.setdefault(table, []).append(slot)
+    pending: list[ExampleChunk] = []
+    seen = {t: _DistinctCounter() for t in by_table}
+    used = fixed_bytes
+    for b in batches:
+        fresh = {t: np.concatenate([seen[t].new_keys(b.sparse[s][1]) for s in slots]) for t, slots in by_table.items()}
+        fresh = {t: np.unique(k) for t, k in fresh.items()}
+        extra = sum(len(k) * key_bytes[t] for t, k in fresh.items())
+        if pending and used + extra > budget:
+            yield ExampleChunk.concat(pending)
+            pending, seen, used = [], {t: _DistinctCounter() for t in by_table}, fixed_bytes
+            fresh = {t: np.unique(np.concatenate([b.sparse[s][1] for s in slots])) for t, slots in by_table.items()}
+            extra = sum(len(k) * key_bytes[t] for t, k in fresh.items())
+        if used + extra > budget:
+            raise HierPSError(
+                f"train.pass_examples=auto: one batch of {len(b)} examples needs {_size(used + extra)} for its "
+                f"working set but store.hbm_bytes allows {_size(budget)}; lower train.batch_size or raise "
+                "store.hbm_bytes"
+            )
+        for t, k in fresh.items():
+            seen[t].add(k)
+        used += extra
+        pending.append(b)
+    if pending:
+        yield ExampleChunk.concat(pending)

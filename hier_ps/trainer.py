@@ -17,6 +17,7 @@ import os
 import shutil
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +47,7 @@ from hier_ps.hbm.working_set import WorkingSet, segment_sum, table_specs
 from hier_ps.hostmem import HostCache
 from hier_ps.metrics import auc, logloss
 from hier_ps.models import build_model_for
-from hier_ps.pipeline import PassFeeder, PassItem
+from hier_ps.pipeline import PassFeeder, PassItem, cut_passes_by_budget
 from hier_ps.plan import BatchPlan, PassPlan, plan_pass
 from hier_ps.ring.group import Ring, owner, sum_hook
 from hier_ps.ring.reshard import remove_other_worlds, reshard_into, store_dir_for
@@ -459,7 +460,7 @@ class Trainer:
         if self.is_main:
             save_config(cfg, self.run_dir / "config.yaml")
         total = self.train_reader.num_rows * cfg.train.epochs
-        if cfg.train.max_passes is not None:
+        if cfg.train.max_passes is not None and cfg.train.pass_examples != "auto":
             total = min(total, cfg.train.max_passes * cfg.train.pass_examples)
         bar = tqdm(
             total=total,
@@ -486,7 +487,7 @@ class Trainer:
                 # the store's commits are never without a checkpoint that names them.
                 self._checkpoint(metrics_f)
             feeder = PassFeeder(
-                self.train_reader.iter_chunks,
+                self._pass_chunks,
                 self._plan_for,
                 (self.epoch, self.pass_in_epoch, self.pass_index),
                 cfg.train.epochs,
@@ -563,6 +564,33 @@ class Trainer:
             bar.close()
             redirect.__exit__(None, None, None)
             metrics_f.close()
+
+    def _pass_chunks(self, pass_examples: int | str) -> Iterator[Any]:
+        """One epoch's passes: fixed-size, or (auto) cut so that each working set fits the device budget."""
+        if pass_examples != "auto":
+            return self.train_reader.iter_chunks(int(pass_examples))
+        budget = self._pass_budget(for_cutting=True)
+        key_bytes = {n: (s.dim + s.layout.state) * 4 for n, s in self.specs.items()}
+        fixed = sum(key_bytes[n] for n in self.admission.sketches)  # their null rows
+        # The whole working set must fit (also with row_wise, where a rank holds about 1/N of it: a safe bound).
+        batches = self.train_reader.iter_chunks(self.cfg.train.batch_size * self.world)
+        return cut_passes_by_budget(batches, self.slot_tables, key_bytes, budget, fixed)
+
+    def _pass_budget(self, for_cutting: bool = False) -> int | None:
+        """Device bytes a pass's working set may take (store.hbm_bytes), None for no limit.
+
+        ``auto``: 80% of the free CUDA memory; on CPU no limit for fixed-size passes, and a quarter of the machine's
+        RAM for passes cut automatically.
+        """
+        budget = self.cfg.store.hbm_bytes
+        if budget != "auto":
+            return int(budget)
+        if self.device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(self.device)
+            return int(free * 0.8)
+        if for_cutting:
+            return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4
+        return None
 
     def _plan_for(self, chunk: Any, epoch: int, index: int) -> tuple[PassPlan, Any]:
         """Read-ahead thread: shuffles and plans one pass; returns the plan and the admission sketch after it."""
@@ -677,16 +705,13 @@ class Trainer:
 
     def _check_hbm_budget(self, rows: dict[str, np.ndarray]) -> None:
         need = sum((r.shape[1] - 4) * r.shape[0] * 4 for r in rows.values())
-        budget = self.cfg.store.hbm_bytes
-        if budget == "auto":
-            if self.device.type != "cuda":
-                return
-            free, _ = torch.cuda.mem_get_info(self.device)
-            budget = int(free * 0.8)
-        if need > int(budget):
+        budget = self._pass_budget(for_cutting=self.cfg.train.pass_examples == "auto")
+        if budget is None:
+            return
+        if need > budget:
             raise HierPSError(
                 f"store.hbm_bytes: pass {self.pass_index} needs {need / 2**20:.1f} MiB for its working "
-                f"set but the budget is {int(budget) / 2**20:.1f} MiB; lower train.pass_examples"
+                f"set but the budget is {budget / 2**20:.1f} MiB; lower train.pass_examples or set it to auto"
             )
 
     def _train_pass(self, plan: PassPlan, ws: WorkingSet, bar: tqdm) -> float:
@@ -906,7 +931,8 @@ class Trainer:
         limit = self.cfg.eval.max_examples
         scores, labels, seen = [], [], 0
         with torch.no_grad():
-            for chunk in self.eval_reader.iter_chunks(self.cfg.train.pass_examples):
+            pe = self.cfg.train.pass_examples
+            for chunk in self.eval_reader.iter_chunks(pe if pe != "auto" else max(self.cfg.eval.batch_size, 65536)):
                 if limit is not None and seen >= limit:
                     break
                 if limit is not None and seen + len(chunk) > limit:

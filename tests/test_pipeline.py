@@ -116,3 +116,40 @@ def test_report_draws_three_plots(tiny_data: dict, tmp_path: Path, capsys: pytes
     (tmp_path / "bad" / "metrics.jsonl").write_text('{"pass": 0, "seconds": {}}\n{not json\n')
     assert main(["report", str(tmp_path / "bad")]) == 2
     assert "metrics.jsonl: line 2 is not a pass record" in capsys.readouterr().err
+
+
+def test_auto_pass_sizing_fits_the_budget_and_changes_nothing(tiny_data: dict, tmp_path: Path) -> None:
+    """pass_examples: auto cuts whole batches so each working set fits hbm_bytes; rows equal one big pass."""
+    from tests.test_resume import assert_same, final_state
+
+    budget = 24 * 1024
+    auto = tiny_config(tiny_data, tmp_path / "auto", **{"train.pass_examples": "auto", "store.hbm_bytes": budget})
+    with hp.Trainer(auto) as tr:
+        s = tr.fit()
+        auto_state = final_state(tr)
+    recs = [json.loads(line) for line in (tmp_path / "auto" / "metrics.jsonl").read_text().splitlines()]
+    assert s["passes"] == len(recs) > 3 and s["examples"] == tiny_data["info"]["train_rows"]
+    for r in recs:
+        device_bytes = sum(n * 4 * (4 + 1) for n in r["working_set_keys"].values())  # dim 4 + 1 row-wise state
+        assert device_bytes <= budget
+        assert r["examples"] % 512 == 0 or r is recs[-1]  # whole batches
+    big = tiny_config(tiny_data, tmp_path / "big", **{"train.pass_examples": 1_000_000})
+    with hp.Trainer(big) as tr:
+        tr.fit()
+        assert_same(final_state(tr), auto_state)
+    # Resumed in the middle, auto cuts the same passes again.
+    cut = tiny_config(
+        tiny_data, tmp_path / "cut", **{"train.pass_examples": "auto", "store.hbm_bytes": budget, "train.max_passes": 2}
+    )
+    with hp.Trainer(cut) as tr:
+        tr.fit()
+    rest = tiny_config(tiny_data, tmp_path / "cut", **{"train.pass_examples": "auto", "store.hbm_bytes": budget})
+    with hp.Trainer(rest) as tr:
+        assert tr.fit()["passes"] == len(recs)
+        assert_same(final_state(tr), auto_state)
+    tiny = tiny_config(tiny_data, tmp_path / "tiny", **{"train.pass_examples": "auto", "store.hbm_bytes": 1024})
+    with (
+        hp.Trainer(tiny) as tr,
+        pytest.raises(hp.HierPSError, match=r"one batch of 512 examples needs .* KiB .* allows 1.0 KiB"),
+    ):
+        tr.fit()
