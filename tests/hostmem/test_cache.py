@@ -122,6 +122,26 @@ def test_lfu_keeps_the_frequent_rows_lru_the_recent_ones() -> None:
     assert kept["lfu"] == [1, 3, 4]  # 2 and 3 used twice, 1 four times: 2 goes (the older of the two)
 
 
+def test_bookkeeping_is_under_30_percent_of_the_rows_it_holds() -> None:
+    cache = HostCache(DictTier({"a": 21}), 1000 * 21 * 4)  # 84-byte rows: dim 16 + row-wise Adagrad + metadata
+    keys = np.arange(1000, dtype=np.uint64) * 7919
+    cache.write("a", keys, np.ones((1000, 21), np.float32))
+    s = cache.t["a"]
+    assert s.resident == 1000
+    assert s.overhead_bytes <= 0.30 * s.rows.nbytes
+
+
+def test_the_clock_never_wraps_and_keeps_the_order() -> None:
+    cache = HostCache(DictTier({"a": 1}), 3 * 4)
+    cache.write("a", np.array([1, 2, 3], np.uint64), np.ones((3, 1), np.float32))
+    cache.read("a", np.array([1], np.uint64))  # order of last use: 2, 3, 1
+    cache.clock = np.iinfo(np.uint32).max - 1  # the next call renumbers
+    cache.read("a", np.array([3], np.uint64))  # order: 2, 1, 3
+    assert cache.clock < 10
+    cache.write("a", np.array([4], np.uint64), np.ones((1, 1), np.float32))
+    assert sorted(cache.t["a"].ikeys.tolist()) == [1, 3, 4]  # 2 went: the least recently used
+
+
 def test_capacity_zero_passes_through(tmp_path: Path) -> None:
     with SSDStore(tmp_path, {"a": 2}) as store:
         cache = HostCache(store, 0)
