@@ -43,7 +43,7 @@ from hier_ps.config import (
 from hier_ps.data import ParquetReader, generate_synthetic
 from hier_ps.data.synthetic import GENERATOR_VERSION
 from hier_ps.errors import ConfigError, HierPSError, StoreError, StoreLockedError
-from hier_ps.hbm.working_set import WorkingSet, segment_sum, table_specs
+from hier_ps.hbm.working_set import WorkingSet, WorkingSetTable, segment_sum, table_specs
 from hier_ps.hostmem import HostCache
 from hier_ps.metrics import auc, logloss
 from hier_ps.models import build_model_for
@@ -168,6 +168,8 @@ class Trainer:
         self.store = self._open_store({n: s.layout.width for n, s in self.specs.items()})
         self.rows_total = {n: self.store.num_rows(n) for n in self.specs}  # every row is in the store at a commit
         self._owned_new: dict[str, int] = {}
+        self._ws: WorkingSet | None = None  # one process: the last pass's rows, kept on the device for the next
+        self._ws_dirty = False
         self._admission_state: dict[str, torch.Tensor] | None = None  # the sketch as of the last pass trained
         self.host = HostCache(self.store, int(cfg.store.host_cache_bytes), cfg.store.host_cache_policy.value)
         self._closed = False
@@ -297,6 +299,7 @@ class Trainer:
         """Commits the store and writes a checkpoint of everything else (DESIGN.md contract 5)."""
         t0 = time.perf_counter()
         cfg = self.cfg
+        self._sync_rows()
         self.host.flush()
         gen = self.store.commit()
         if self.store.stale_rows() > cfg.store.compact_stale_fraction * max(self.store.total_rows(), 1):
@@ -360,6 +363,7 @@ class Trainer:
         if not rules:
             return out
         t0 = time.perf_counter()
+        self._sync_rows(drop=True)  # evicted keys must not survive on the device
         self.host.flush()
         for name, rule in rules:
             layout = self.specs[name].layout
@@ -630,24 +634,36 @@ class Trainer:
                 pos = np.full(len(k) + len(extra), -1, np.int64)
                 pos[np.flatnonzero(mine[n])] = np.arange(int(mine[n].sum()))
                 self._own_pos[n] = pos
+        elif self.ring is None:
+            self._check_hbm_budget(plan.keys)
+            ws, fetched, pushed_departed = self._load_delta(plan)  # rows shared with the last pass stay put
+            owned_new = {n: n_new for n, (_, n_new) in fetched.items()}
         else:
             fetched = self._fetch(plan.keys, for_training=True)
             owned_new = self._owned_new
         t2 = time.perf_counter()
-        rows = {n: r for n, (r, _) in fetched.items()}
-        self._check_hbm_budget(rows)
-        if self.row_wise:
-            ws = WorkingSet.load(self.specs, own_keys, rows, self.device)
-        else:
-            ws = WorkingSet.load(self.specs, plan.keys, rows, self.device, null_rows=set(plan.rejected))
-        del rows
+        if self.ring is not None:
+            self._check_hbm_budget(own_keys if self.row_wise else plan.keys)
+            rows = {n: r for n, (r, _) in fetched.items()}
+            if self.row_wise:
+                ws = WorkingSet.load(self.specs, own_keys, rows, self.device)
+            else:
+                ws = WorkingSet.load(self.specs, plan.keys, rows, self.device, null_rows=set(plan.rejected))
+            del rows
         t3 = time.perf_counter()
         loss_sum = self._train_pass(plan, ws, bar)
         t4 = time.perf_counter()
         if self.row_wise:
             pushed = ws.push(self.host, {n: c[mine[n]] for n, c in plan.counts.items()}, self.pass_index)
-        else:
+        elif self.ring is not None:
             pushed = ws.push(self.host, plan.counts, self.pass_index, mine)
+        else:
+            # The rows stay on the device for the next pass; those it does not share are written back then.
+            for n, t in ws.tables.items():
+                t.meta[:, 0] += plan.counts[n]
+                t.meta[:, 1] = self.pass_index
+            self._ws, self._ws_dirty = ws, True
+            pushed = pushed_departed
         del ws
         t5 = time.perf_counter()
         times.update(pull=t2 - t1, load=t3 - t2, train=t4 - t3, push=t5 - t4)
@@ -703,8 +719,65 @@ class Trainer:
             out["resident_rows"] = st["resident_rows"]
         return out
 
-    def _check_hbm_budget(self, rows: dict[str, np.ndarray]) -> None:
-        need = sum((r.shape[1] - 4) * r.shape[0] * 4 for r in rows.values())
+    def _load_delta(self, plan: PassPlan) -> tuple[WorkingSet, dict[str, tuple[None, int]], int]:
+        """Pull + load with the working-set delta (one process): rows the last pass also held are taken from the
+        device as they are; its other rows are written back to the host tier; only new rows are pulled.
+
+        Returns:
+            (the pass's working set, table -> (None, keys no tier had), bytes written back).
+        """
+        prev, self._ws = self._ws, None
+        tables, fetched, pushed = {}, {}, 0
+        for name, keys in plan.keys.items():
+            spec = self.specs[name]
+            old = prev.tables.get(name) if prev is not None else None
+            n_old = len(old.keys) if old is not None else 0
+            shared = np.zeros(len(keys), bool)
+            src = np.zeros(0, np.int64)
+            if n_old:
+                pos = np.minimum(np.searchsorted(old.keys, keys), n_old - 1)
+                shared = old.keys[pos] == keys
+                src = pos[shared]
+                departed = np.ones(n_old, bool)
+                departed[src] = False
+                if departed.any():
+                    d = torch.from_numpy(np.flatnonzero(departed)).to(self.device)
+                    rows = spec.layout.pack(old.emb[d].cpu().numpy(), old.state[d].cpu().numpy(), old.meta[departed])
+                    self.host.write(name, old.keys[departed], rows)
+                    pushed += rows.nbytes
+            new = np.flatnonzero(~shared)
+            new_rows, n_new = WorkingSet.fetch(self.host, {name: spec}, {name: keys[new]}, self.cfg.run.seed)[name]
+            emb_new, state_new, meta_new = spec.layout.unpack(new_rows)
+            extra = 1 if name in plan.rejected else 0  # the null row
+            emb = torch.zeros(len(keys) + extra, spec.dim, device=self.device)
+            state = torch.zeros(len(keys) + extra, spec.layout.state, device=self.device)
+            meta = np.empty((len(keys), 2), np.int64)
+            at_new = torch.from_numpy(new).to(self.device)
+            emb[at_new] = torch.from_numpy(emb_new).to(self.device)
+            state[at_new] = torch.from_numpy(state_new).to(self.device)
+            meta[new] = meta_new
+            if len(src):
+                at_shared = torch.from_numpy(np.flatnonzero(shared)).to(self.device)
+                s_idx = torch.from_numpy(src).to(self.device)
+                emb[at_shared], state[at_shared] = old.emb[s_idx], old.state[s_idx]
+                meta[shared] = old.meta[src]
+            tables[name] = WorkingSetTable(spec, keys, emb, state, meta)
+            fetched[name] = (None, n_new)
+        return WorkingSet(tables), fetched, pushed
+
+    def _sync_rows(self, drop: bool = False) -> None:
+        """Writes the rows kept on the device since the last pass to the host tier (before eval, a checkpoint,
+        eviction or lookups read the tiers); with `drop`, forgets them (the next pass pulls everything)."""
+        ws = self._ws
+        if ws is not None and self._ws_dirty:
+            for name, t in ws.tables.items():
+                self.host.write(name, t.keys, t.rows())
+            self._ws_dirty = False
+        if drop:
+            self._ws = None
+
+    def _check_hbm_budget(self, keys: dict[str, np.ndarray]) -> None:
+        need = sum(len(k) * (self.specs[n].dim + self.specs[n].layout.state) * 4 for n, k in keys.items())
         budget = self._pass_budget(for_cutting=self.cfg.train.pass_examples == "auto")
         if budget is None:
             return
@@ -927,6 +1000,7 @@ class Trainer:
         """
         if self.eval_reader is None:
             raise ConfigError("data.eval: no eval data configured")
+        self._sync_rows()
         self.model.eval()
         limit = self.cfg.eval.max_examples
         scores, labels, seen = [], [], 0
@@ -993,6 +1067,7 @@ class Trainer:
         if table not in self.specs:
             raise ConfigError(f"lookup: unknown table {table!r} (tables: {', '.join(self.specs)})")
         keys = np.asarray(keys).astype(np.uint64, copy=False).reshape(-1)
+        self._sync_rows()
         uniq, inv = np.unique(keys, return_inverse=True)
         rows, _ = self._fetch({table: uniq}, for_training=False)[table]
         return rows[inv.reshape(-1), : self.specs[table].dim].copy()
@@ -1021,6 +1096,7 @@ class Trainer:
         self._closed = True
         try:
             if commit and not self.store.failed:
+                self._sync_rows(drop=True)
                 self.host.flush()
                 self.store.commit()
         finally:

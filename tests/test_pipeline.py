@@ -7,6 +7,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import hier_ps as hp
@@ -153,3 +154,27 @@ def test_auto_pass_sizing_fits_the_budget_and_changes_nothing(tiny_data: dict, t
         pytest.raises(hp.HierPSError, match=r"one batch of 512 examples needs .* KiB .* allows 1.0 KiB"),
     ):
         tr.fit()
+
+
+def test_rows_shared_with_the_last_pass_are_not_pulled_again(tiny_data: dict, tmp_path: Path) -> None:
+    """Working-set delta: a pass reads from the host tier only the keys the pass before did not hold."""
+    from hier_ps.data import ParquetReader
+    from hier_ps.plan import plan_pass
+
+    cfg = tiny_config(tiny_data, tmp_path, **{"train.pass_examples": 2048})
+    with hp.Trainer(cfg) as tr:
+        tr.fit()
+    recs = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    reader = ParquetReader(
+        cfg.data.train, label=cfg.data.labels, dense=cfg.data.dense, slots={s.name: s.column for s in cfg.data.sparse}
+    )
+    slot_tables = {s.name: s.table for s in cfg.data.sparse}
+    prev: dict | None = None
+    for rec, chunk in zip(recs, reader.iter_chunks(2048), strict=True):
+        keys = plan_pass(chunk, slot_tables, 512, 0, for_training=False).keys
+        expect = sum(len(k) if prev is None else int((~np.isin(k, prev[t])).sum()) for t, k in keys.items())
+        assert rec["host_cache"]["hits"] + rec["host_cache"]["misses"] == expect
+        prev = keys
+    assert sum(r["host_cache"]["hits"] + r["host_cache"]["misses"] for r in recs[1:]) < sum(
+        sum(r["working_set_keys"].values()) for r in recs[1:]
+    )
