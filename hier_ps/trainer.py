@@ -51,7 +51,7 @@ from hier_ps.pipeline import PassFeeder, PassItem, cut_passes_by_budget
 from hier_ps.plan import BatchPlan, PassPlan, plan_pass
 from hier_ps.ring.group import Ring, owner, sum_hook
 from hier_ps.ring.reshard import remove_other_worlds, reshard_into, store_dir_for
-from hier_ps.ring.rowwise import BatchExchange, all_to_all_rows
+from hier_ps.ring.rowwise import BatchExchange, fetch_rows, return_grads
 from hier_ps.ssd import SSDStore
 
 __all__ = ["Trainer", "resolve_device"]
@@ -863,35 +863,12 @@ class Trainer:
         """One step of this rank's slice of global batch `b` with a row-wise sharded working set (see
         :mod:`hier_ps.ring.rowwise`); returns this rank's share of the loss."""
         assert self.ring is not None
-        world, rank, cdev = self.world, self.rank, self._comm_device
-        ex = BatchExchange.build(b, self._row_owner, world, rank)
-        mb = b.slice(int(ex.bounds[rank]), int(ex.bounds[rank + 1]))
-        dims = {t: self.specs[t].dim for t in ex.table}
+        ex = BatchExchange.build(b, self._row_owner, self.world, self.rank)
+        mb = b.slice(int(ex.bounds[self.rank]), int(ex.bounds[self.rank + 1]))
 
         # Forward: owners send each rank the rows its slice reads.
-        send: list[list[torch.Tensor]] = [[] for _ in range(world)]
-        recv_sizes = [0] * world
-        for t, te in ex.table.items():
-            urows = b.tables[t][0]
-            for s in range(world):
-                sel = te.need[s][te.owner_of_need[s] == rank]
-                idx = torch.from_numpy(self._own_pos[t][urows[sel]]).to(self.device)
-                send[s].append(ws.tables[t].emb[idx].reshape(-1).to(cdev))
-            for o in range(world):
-                recv_sizes[o] += int((te.owner_of_need[rank] == o).sum()) * dims[t]
-        flat = [torch.cat(x) for x in send]
-        recv = all_to_all_rows(flat, recv_sizes)
-        self.ring.count("row_all_to_all", torch.cat([f for s, f in enumerate(flat) if s != rank]))  # off-rank
-        tables, offs = {}, [0] * world
-        for t, te in ex.table.items():
-            own = te.owner_of_need[rank]
-            e = torch.zeros(len(own), dims[t], device=self.device)
-            for o in range(world):
-                sel = np.flatnonzero(own == o)
-                k = len(sel) * dims[t]
-                e[torch.from_numpy(sel).to(self.device)] = recv[o][offs[o] : offs[o] + k].view(-1, dims[t]).to(e.device)
-                offs[o] += k
-            tables[t] = e
+        emb = {t: ws.tables[t].emb for t in ex.table}
+        tables = fetch_rows(ex, b, emb, self._own_pos, self.ring, self.device, self._comm_device)
 
         labels, dense = self._to_device(mb.labels), self._to_device(mb.dense)
         pooled, offsets = {}, {}
@@ -908,41 +885,19 @@ class Trainer:
         loss.backward()
         self.dense_opt.step()
 
-        # Backward: each rank sends the owners the summed gradients of the rows its slice read.
-        send = [[] for _ in range(world)]
-        recv_sizes = [0] * world
+        # Backward: each rank sends the owners the summed gradients of the rows its slice read; owners update.
+        grads = {}
         for t, te in ex.table.items():
             parts, locs = [], []
             for slot in b.table_slots[t]:
                 g = pooled[slot].grad if pooled[slot].grad is not None else torch.zeros_like(pooled[slot])
                 parts.append(_occurrence_grads(g, offsets[slot], self.pooling[slot]))
-                locs.append(ex.table[t].local[slot])
+                locs.append(te.local[slot])
             src = parts[0] if len(parts) == 1 else torch.cat(parts)
-            g_me = segment_sum(src, self._to_device(np.concatenate(locs)), len(te.need[rank]))
-            own = te.owner_of_need[rank]
-            for o in range(world):
-                send[o].append(g_me[torch.from_numpy(np.flatnonzero(own == o)).to(self.device)].reshape(-1).to(cdev))
-            for s in range(world):
-                recv_sizes[s] += int((te.owner_of_need[s] == rank).sum()) * dims[t]
-        flat = [torch.cat(x) for x in send]
-        recv = all_to_all_rows(flat, recv_sizes)
-        self.ring.count("grad_all_to_all", torch.cat([f for s, f in enumerate(flat) if s != rank]))
-        offs = [0] * world
-        for t, te in ex.table.items():
-            urows = b.tables[t][0]
-            rows, grads = [], []
-            for s in range(world):  # rank order: the same sums on every run
-                sel = te.need[s][te.owner_of_need[s] == rank]
-                k = len(sel) * dims[t]
-                rows.append(self._own_pos[t][urows[sel]])
-                grads.append(recv[s][offs[s] : offs[s] + k].view(-1, dims[t]).to(self.device))
-                offs[s] += k
-            all_rows = np.concatenate(rows)
-            if not len(all_rows):
-                continue
-            touched, inv = np.unique(all_rows, return_inverse=True)
-            grad = segment_sum(torch.cat(grads), self._to_device(inv.reshape(-1)), len(touched))
-            ws.tables[t].apply(self._to_device(touched), grad)
+            grads[t] = segment_sum(src, self._to_device(np.concatenate(locs)), len(te.need[self.rank]))
+        summed = return_grads(ex, b, grads, self._own_pos, self.ring, self.device, self._comm_device)
+        for t, (touched, grad) in summed.items():
+            ws.tables[t].apply(touched, grad)
         return float(loss.detach())
 
     def _fetch(self, keys: dict[str, np.ndarray], for_training: bool) -> dict[str, tuple[np.ndarray, int]]:

@@ -11,16 +11,18 @@ the rows it owns, and rows and their gradients travel by all-to-all (:mod:`hier_
 
 from hier_ps.ring.group import Ring, owner, sum_hook
 from hier_ps.ring.reshard import remove_other_worlds, reshard_into, store_dir_for
-from hier_ps.ring.rowwise import BatchExchange, TableExchange, all_to_all_rows
+from hier_ps.ring.rowwise import BatchExchange, TableExchange, all_to_all_rows, fetch_rows, return_grads
 
 __all__ = [
     "BatchExchange",
     "Ring",
     "TableExchange",
     "all_to_all_rows",
+    "fetch_rows",
     "owner",
     "remove_other_worlds",
     "reshard_into",
+    "return_grads",
     "store_dir_for",
     "sum_hook",
 ]

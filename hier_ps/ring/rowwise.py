@@ -24,9 +24,11 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from hier_ps.hbm.working_set import segment_sum
 from hier_ps.plan import BatchPlan
+from hier_ps.ring.group import Ring
 
-__all__ = ["BatchExchange", "TableExchange", "all_to_all_rows"]
+__all__ = ["BatchExchange", "TableExchange", "all_to_all_rows", "fetch_rows", "return_grads"]
 
 
 @dataclass
@@ -101,3 +103,103 @@ def all_to_all_rows(send: list[torch.Tensor], recv_sizes: list[int]) -> list[tor
     out = torch.empty(sum(recv_sizes), dtype=flat.dtype, device=flat.device)
     dist.all_to_all_single(out, flat, recv_sizes, [t.numel() for t in send])
     return list(torch.split(out, recv_sizes))
+
+
+def _to(a: np.ndarray, device: torch.device) -> torch.Tensor:
+    return torch.from_numpy(a).to(device)
+
+
+def fetch_rows(
+    ex: BatchExchange,
+    b: BatchPlan,
+    emb: dict[str, torch.Tensor],
+    own_pos: dict[str, np.ndarray],
+    ring: Ring,
+    device: torch.device,
+    comm_device: torch.device,
+) -> dict[str, torch.Tensor]:
+    """Forward exchange: the owners send each rank the rows its slice of `b` reads.
+
+    Args:
+        ex: the batch's exchange plan.
+        b: the global batch.
+        emb: table -> this rank's owned embeddings float[n_own, dim].
+        own_pos: table -> int64[working-set rows]: position among this rank's owned rows (-1: not owned).
+        ring: the ranks; device, comm_device: where rows live and where collective buffers live.
+
+    Returns:
+        table -> float[len(ex.table[t].need[rank]), dim]: the rows this rank's slice reads, in ``need`` order (the
+        null row reads as zeros).
+    """
+    world, rank = ring.world, ring.rank
+    send: list[list[torch.Tensor]] = [[] for _ in range(world)]
+    recv_sizes = [0] * world
+    for t, te in ex.table.items():
+        urows, dim = b.tables[t][0], emb[t].shape[1]
+        for s in range(world):
+            sel = te.need[s][te.owner_of_need[s] == rank]
+            send[s].append(emb[t][_to(own_pos[t][urows[sel]], device)].reshape(-1).to(comm_device))
+        for o in range(world):
+            recv_sizes[o] += int((te.owner_of_need[rank] == o).sum()) * dim
+    flat = [torch.cat(x) for x in send]
+    recv = all_to_all_rows(flat, recv_sizes)
+    ring.count("row_all_to_all", torch.cat([f for s, f in enumerate(flat) if s != rank]))  # off-rank bytes
+    out, offs = {}, [0] * world
+    for t, te in ex.table.items():
+        own, dim = te.owner_of_need[rank], emb[t].shape[1]
+        e = torch.zeros(len(own), dim, device=device)
+        for o in range(world):
+            sel = np.flatnonzero(own == o)
+            k = len(sel) * dim
+            e[_to(sel, device)] = recv[o][offs[o] : offs[o] + k].view(-1, dim).to(device)
+            offs[o] += k
+        out[t] = e
+    return out
+
+
+def return_grads(
+    ex: BatchExchange,
+    b: BatchPlan,
+    grads: dict[str, torch.Tensor],
+    own_pos: dict[str, np.ndarray],
+    ring: Ring,
+    device: torch.device,
+    comm_device: torch.device,
+) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Backward exchange: each rank sends the owners the summed gradients of the rows its slice read; each owner
+    adds up what it receives, in rank order (the same sums on every run).
+
+    Args:
+        grads: table -> float[len(need[rank]), dim], this rank's gradients of the rows it read, in ``need`` order.
+
+    Returns:
+        table -> (owned rows touched int64[u] (positions among this rank's owned rows), summed gradients
+        float[u, dim]); tables whose owned rows the batch did not touch are left out.
+    """
+    world, rank = ring.world, ring.rank
+    send: list[list[torch.Tensor]] = [[] for _ in range(world)]
+    recv_sizes = [0] * world
+    for t, te in ex.table.items():
+        own, dim = te.owner_of_need[rank], grads[t].shape[1]
+        for o in range(world):
+            send[o].append(grads[t][_to(np.flatnonzero(own == o), device)].reshape(-1).to(comm_device))
+        for s in range(world):
+            recv_sizes[s] += int((te.owner_of_need[s] == rank).sum()) * dim
+    flat = [torch.cat(x) for x in send]
+    recv = all_to_all_rows(flat, recv_sizes)
+    ring.count("grad_all_to_all", torch.cat([f for s, f in enumerate(flat) if s != rank]))
+    out, offs = {}, [0] * world
+    for t, te in ex.table.items():
+        urows, dim = b.tables[t][0], grads[t].shape[1]
+        rows, parts = [], []
+        for s in range(world):
+            sel = te.need[s][te.owner_of_need[s] == rank]
+            k = len(sel) * dim
+            rows.append(own_pos[t][urows[sel]])
+            parts.append(recv[s][offs[s] : offs[s] + k].view(-1, dim).to(device))
+            offs[s] += k
+        all_rows = np.concatenate(rows)
+        if len(all_rows):
+            touched, inv = np.unique(all_rows, return_inverse=True)
+            out[t] = (_to(touched, device), segment_sum(torch.cat(parts), _to(inv.reshape(-1), device), len(touched)))
+    return out
