@@ -40,6 +40,7 @@ from hier_ps.errors import ExportError, StoreError, StoreLockedError
 from hier_ps.hbm.working_set import TableSpec, table_specs
 from hier_ps.ssd import SSDStore
 from hier_ps.ssd.files import fsync_dir
+from hier_ps.ssd.table import in_sorted
 
 __all__ = ["EXPORT_FORMAT", "chain_keys", "export_run", "read_array", "read_manifest", "table_file", "verify_file"]
 
@@ -155,7 +156,7 @@ def chain_keys(export_dir: str | Path) -> tuple[dict[str, Any], dict[str, np.nda
                 continue
             gone = read_array(p, t["deleted"], np.uint64)
             cur = keys.get(name, np.zeros(0, np.uint64))
-            cur = cur[~np.isin(cur, gone, assume_unique=True)]
+            cur = cur[~in_sorted(np.sort(gone), cur)[1]]
             keys[name] = np.union1d(cur, k)
     return chain[0][1], keys
 
@@ -283,7 +284,7 @@ def _export_table(
         rows, _ = store.read(name, k)
         if parent_keys is not None:
             last_pass = np.ascontiguousarray(rows[:, layout.dim + layout.state :]).view(np.int64)[:, 1]
-            changed = (last_pass >= parent_pass) | ~np.isin(k, parent_keys, assume_unique=True)
+            changed = (last_pass >= parent_pass) | ~in_sorted(parent_keys, k)[1]
             k, rows = k[changed], rows[changed]
         parts_k.append(k)
         parts_e.append(np.asarray(rows[:, : layout.dim], dtype=dtype))
@@ -296,6 +297,6 @@ def _export_table(
         "emb": _save(out, table_file(name, "emb"), emb),
     }
     if parent_keys is not None:
-        gone = parent_keys[~np.isin(parent_keys, keys, assume_unique=True)]
+        gone = parent_keys[~in_sorted(keys, parent_keys)[1]]
         entry["deleted"] = _save(out, table_file(name, "deleted"), gone)
     return entry

@@ -26,6 +26,7 @@ import numpy as np
 
 from hier_ps.data import ExampleChunk
 from hier_ps.errors import HierPSError
+from hier_ps.ssd.table import in_sorted
 
 __all__ = ["PassFeeder", "PassItem", "cut_passes_by_budget"]
 
@@ -158,8 +159,7 @@ class _DistinctCounter:
         for run in self.runs:
             if not len(fresh):
                 break
-            pos = np.minimum(np.searchsorted(run, fresh), len(run) - 1)
-            fresh = fresh[run[pos] != fresh]
+            fresh = fresh[~in_sorted(run, fresh)[1]]
         return fresh
 
     def add(self, fresh: np.ndarray) -> None:

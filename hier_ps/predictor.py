@@ -32,6 +32,7 @@ from hier_ps.export import read_array, read_manifest, verify_file
 from hier_ps.hbm.rows import init_embeddings
 from hier_ps.models import build_model_for
 from hier_ps.plan import plan_pass
+from hier_ps.ssd.table import in_sorted
 
 __all__ = ["Predictor"]
 
@@ -145,7 +146,7 @@ class Predictor:
             gone = read_array(path, t["deleted"], np.uint64)
             if emb.shape != (len(keys), cur.emb.shape[1]):
                 raise ExportError(f"{path / t['emb']['file']}: shape {emb.shape} does not fit table {name!r}")
-            keep = ~np.isin(cur.keys, np.concatenate([keys, gone]))
+            keep = ~in_sorted(np.sort(np.concatenate([keys, gone])), cur.keys)[1]
             all_keys = np.concatenate([cur.keys[keep], keys])
             order = np.argsort(all_keys, kind="stable")
             new[name] = _Table(all_keys[order], np.concatenate([cur.emb[keep], emb])[order])
@@ -163,11 +164,9 @@ class Predictor:
         """Embeddings float32[n, dim] of `keys` uint64[n]; keys without a row read as in the trainer's eval."""
         t = self.tables[table]
         keys = np.asarray(keys).astype(np.uint64, copy=False).reshape(-1)
-        pos = np.searchsorted(t.keys, keys)
-        pos_c = np.minimum(pos, max(len(t.keys) - 1, 0))
-        found = (pos < len(t.keys)) & (t.keys[pos_c] == keys) if len(t.keys) else np.zeros(len(keys), bool)
+        pos, found = in_sorted(t.keys, keys)
         out = np.zeros((len(keys), t.emb.shape[1]), np.float32)
-        out[found] = t.emb[pos_c[found]]
+        out[found] = t.emb[pos[found]]
         tc = self.cfg.table(table)
         if tc.admission is None and not found.all():
             out[~found] = init_embeddings(self.cfg.run.seed, table, keys[~found], tc.dim, tc.init)

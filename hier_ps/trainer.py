@@ -53,6 +53,7 @@ from hier_ps.ring.group import Ring, owner, sum_hook
 from hier_ps.ring.reshard import remove_other_worlds, reshard_into, store_dir_for
 from hier_ps.ring.rowwise import BatchExchange, fetch_rows, return_grads
 from hier_ps.ssd import SSDStore
+from hier_ps.ssd.table import in_sorted
 
 __all__ = ["Trainer", "resolve_device"]
 
@@ -735,8 +736,7 @@ class Trainer:
             shared = np.zeros(len(keys), bool)
             src = np.zeros(0, np.int64)
             if n_old:
-                pos = np.minimum(np.searchsorted(old.keys, keys), n_old - 1)
-                shared = old.keys[pos] == keys
+                pos, shared = in_sorted(old.keys, keys)
                 src = pos[shared]
                 departed = np.ones(n_old, bool)
                 departed[src] = False

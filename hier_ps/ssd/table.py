@@ -35,7 +35,7 @@ import numpy as np
 from hier_ps.errors import StoreError
 from hier_ps.ssd.files import WriteHook, row_checksums, write_at
 
-__all__ = ["DataFile", "KeyIndex", "sorted_lookup"]
+__all__ = ["DataFile", "KeyIndex", "in_sorted", "sorted_lookup"]
 
 #: Reads are planned per window of this many bytes of the data file.
 WINDOW_BYTES = 8 << 20
@@ -58,6 +58,17 @@ def _mincore() -> Callable[[int, int, int], int] | None:
     return fn
 
 
+def in_sorted(index_keys: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Where `keys` uint64[n] sit in a sorted uint64[m] array: (position int64[n] clipped to the array, found bool[n]).
+
+    One binary search per key, no sort of `index_keys` (``np.isin`` would sort both arrays on every call).
+    """
+    if not len(index_keys):
+        return np.zeros(len(keys), np.int64), np.zeros(len(keys), bool)
+    pos = np.minimum(np.searchsorted(index_keys, keys), len(index_keys) - 1)
+    return pos, index_keys[pos] == keys
+
+
 def sorted_lookup(index_keys: np.ndarray, index_slots: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, ...]:
     """Looks `keys` up in a sorted index, searching them in sorted order (cache-friendly: ~20x faster for 1M keys).
 
@@ -74,11 +85,9 @@ def sorted_lookup(index_keys: np.ndarray, index_slots: np.ndarray, keys: np.ndar
     order = np.argsort(keys)  # keys are unique: any sort is stable
     sk = keys[order]
     pos = np.searchsorted(index_keys, sk)
-    if not len(index_keys):
-        return order, pos, np.zeros(len(keys), bool), np.zeros(len(keys), np.int64)
-    clipped = np.minimum(pos, len(index_keys) - 1)
-    found = index_keys[clipped] == sk
-    return order, pos, found, index_slots[clipped]
+    clipped, found = in_sorted(index_keys, sk)
+    slots = index_slots[clipped] if len(index_keys) else np.zeros(len(keys), np.int64)
+    return order, pos, found, slots
 
 
 class KeyIndex:
