@@ -574,6 +574,8 @@ class Trainer:
     def _pass_chunks(self, pass_examples: int | str) -> Iterator[Any]:
         """One epoch's passes: fixed-size, or (auto) cut so that each working set fits the device budget."""
         if pass_examples != "auto":
+            if self.ring is not None:  # each rank decodes the keys of its share only (see _plan_for)
+                return self.train_reader.iter_lazy_chunks(int(pass_examples))
             return self.train_reader.iter_chunks(int(pass_examples))
         budget = self._pass_budget(for_cutting=True)
         key_bytes = {n: (s.dim + s.layout.state) * 4 for n, s in self.specs.items()}

@@ -10,9 +10,9 @@ alone; what has to be global is assembled ahead of the pass from integers and ke
    pass's pairs give the decisions of one process; every rank then decides, and updates its sketch, identically.
 2. each owner now knows the keys it owns in this pass (its part of the working set) and their global occurrence
    counts (row metadata ``count``), and for every rank and batch which of its rows that rank's slice reads.
-3. ``replicated``: the owners' sorted key lists and the owners' per-batch rows are gathered (``plan_all_gather``):
-   every rank holds the whole working set, in the same sorted order as one process, and every global batch's unique
-   rows, so the row gradients of a batch are summed by one all-reduce of aligned buffers.
+3. ``replicated``: the owners' sorted key lists and per-batch rows are gathered (``working_set_all_gather``): every
+   rank holds the whole working set, in the same sorted order as one process, and every global batch's unique rows,
+   so the row gradients of a batch are summed by one all-reduce of aligned buffers.
    ``row_wise``: nothing more: a rank's slice reads a small table of rows per batch (its ``need``, in key order),
    and each owner knows which of its rows to send to each rank (``serve``), in that rank's order.
 
@@ -289,7 +289,7 @@ def plan_rank_pass(
 
         # Replicated: the whole working set (owners' sorted lists, merged) and every batch's unique rows.
         packed = np.concatenate([own_keys.view(np.int64), own_counts])
-        got = ring.all_gather_array(packed, comm, "plan_all_gather")
+        got = ring.all_gather_array(packed, comm, "working_set_all_gather")
         gk = np.concatenate([g[: len(g) // 2] for g in got]).view(np.uint64)
         gc = np.concatenate([g[len(g) // 2 :] for g in got])
         order = np.argsort(gk)
@@ -299,7 +299,7 @@ def plan_rank_pass(
         # The batches' unique rows this owner knows of (its keys, read by any rank), then everyone's.
         rb = np.concatenate([r[:, 1] for r in received])
         mine_codes = np.unique(rb * n_ws + np.searchsorted(wkeys, rk))
-        got = ring.all_gather_array(mine_codes, comm, "plan_all_gather")
+        got = ring.all_gather_array(mine_codes, comm, "working_set_all_gather")
         all_codes = np.unique(np.concatenate([*got, null_batches * n_ws + null_row]))
         uo = np.searchsorted(all_codes // n_ws, np.arange(nb + 1)).astype(np.int64)
         urow_offsets[table], urows[table] = uo, all_codes % n_ws
@@ -314,7 +314,7 @@ def plan_rank_pass(
 
     names = list(ws_size)
     stats = np.array([len(chunk), occurrences, *(ws_size[n] for n in names)], np.int64)
-    got = ring.all_gather_array(stats, comm, "plan_all_gather")
+    got = ring.all_gather_array(stats, comm, "plan_stats_all_gather")
     share = {"examples": [int(g[0]) for g in got], "key_occurrences": [int(g[1]) for g in got]}
     if row_wise:
         ws_size = {n: int(sum(g[2 + j] for g in got)) for j, n in enumerate(names)}
