@@ -54,25 +54,34 @@ def _config(data: Path, run: Path, batch: int, dim: int, pass_rows: int, info: d
     }
 
 
-def _run(nproc: int, cfg: dict, tmp: Path) -> dict:
+def _run(nproc: int, cfg: dict, tmp: Path, threads: int | None = None) -> dict:
     cfg_file = tmp / f"cfg-{nproc}.yaml"
     cfg_file.write_text(yaml.safe_dump(cfg))
-    threads = max(1, (os.cpu_count() or 1) // nproc)
+    threads = threads or max(1, (os.cpu_count() or 1) // nproc)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(REPO)}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
     subprocess.run([*cmd, "-m", "hier_ps", "-q", "train", str(cfg_file)], env=env, check=True, cwd=tmp)
     run = Path(cfg["run"]["dir"])
     summary = json.loads((run / "summary.json").read_text())
     comm: dict[str, int] = {}
-    plan_s, planned = 0.0, []
+    plan_s, planned, stages = 0.0, [], {}
     for line in (run / "metrics.jsonl").read_text().splitlines():
         rec = json.loads(line)
         for k, v in rec.get("comm_bytes", {}).items():
             comm[k] = comm.get(k, 0) + v
         plan_s += rec["seconds"]["plan"]
+        for k, v in rec["seconds"].items():
+            stages[k] = stages.get(k, 0.0) + v
         share = rec.get("rank_share", {}).get("examples", [rec["examples"]])
         planned = [a + b for a, b in zip(planned, share, strict=True)] if planned else list(share)
-    return {"summary": summary, "comm": comm, "threads": threads, "plan_s": plan_s, "planned_examples": planned}
+    return {
+        "summary": summary,
+        "comm": comm,
+        "threads": threads,
+        "plan_s": plan_s,
+        "planned_examples": planned,
+        "stage_s": stages,
+    }
 
 
 _WHAT = {
@@ -112,13 +121,15 @@ def main() -> None:
         data = tmp / "data"
         info = generate_synthetic(data, preset="demo", seed=0, train_rows=args.rows, eval_rows=1000)
         pass_rows = args.rows // 2
-        runs: dict[str, list[dict]] = {"one": [], "two": [], "rw": []}
+        runs: dict[str, list[dict]] = {"one": [], "one_1t": [], "two": [], "rw": []}
         for i in range(args.repeat):
             runs["one"].append(_run(1, _config(data, tmp / f"one{i}", 2 * args.batch, args.dim, pass_rows, info), tmp))
+            cfg = _config(data, tmp / f"one1t{i}", 2 * args.batch, args.dim, pass_rows, info)
+            runs["one_1t"].append(_run(1, cfg, tmp, threads=1))  # the same threads as each of the 2 ranks
             runs["two"].append(_run(2, _config(data, tmp / f"two{i}", args.batch, args.dim, pass_rows, info), tmp))
             cfg = _config(data, tmp / f"rw{i}", args.batch, args.dim, pass_rows, info, "row_wise")
             runs["rw"].append(_run(2, cfg, tmp))
-        one, two, rw = (_best(runs[k]) for k in ("one", "two", "rw"))
+        one, one_1t, two, rw = (_best(runs[k]) for k in ("one", "one_1t", "two", "rw"))
     n = two["summary"]["examples"]
     per_ex = {k: v / n for k, v in sorted(two["comm"].items())}
     per_ex_rw = {k: v / n for k, v in sorted(rw["comm"].items())}
@@ -134,6 +145,13 @@ def main() -> None:
         "two_ranks_threads_each": two["threads"],
         "two_over_one": two["summary"]["examples_per_s"] / one["summary"]["examples_per_s"],
         "two_ranks_row_wise_ex_per_s": rw["summary"]["examples_per_s"],
+        "one_rank_one_thread_ex_per_s": one_1t["summary"]["examples_per_s"],
+        "stage_s_best_run": {
+            "one_rank": one["stage_s"],
+            "one_rank_one_thread": one_1t["stage_s"],
+            "two_ranks": two["stage_s"],
+            "row_wise": rw["stage_s"],
+        },
         "buffer_bytes_per_example": per_ex,
         "ring_bytes_per_example_per_rank": {k: v * ring_factor for k, v in per_ex.items()},
         "row_wise_bytes_per_example": per_ex_rw,
@@ -150,6 +168,9 @@ def main() -> None:
         f"each): {res['two_ranks_ex_per_s']:,.0f} ex/s  = {res['two_over_one']:.2f}x"
     )
     print(f"2 ranks, row_wise: {res['two_ranks_row_wise_ex_per_s']:,.0f} ex/s (best of {args.repeat})")
+    print(f"1 rank, 1 thread: {res['one_rank_one_thread_ex_per_s']:,.0f} ex/s")
+    for k, v in res["stage_s_best_run"].items():
+        print(f"  stage seconds, {k}: " + ", ".join(f"{s} {t:.2f}" for s, t in v.items()))
     print(
         f"plan seconds per run (read-ahead thread): 1 rank {one['plan_s']:.2f}, 2 ranks {two['plan_s']:.2f}, "
         f"row_wise {rw['plan_s']:.2f}; examples planned per rank: 1 rank {one['planned_examples']}, 2 ranks "

@@ -210,109 +210,104 @@ def plan_rank_pass(
     for slot, table in slot_tables.items():
         by_table.setdefault(table, []).append(slot)
     example_batch = np.repeat(np.arange(nb, dtype=np.int64), np.diff(starts))
+    names = list(by_table)
+    adm_names = [t for t in names if admit is not None and t in admission_tables]
+    plain_names = [t for t in names if t not in adm_names]
 
-    keys_out, counts_out, local, inv, urow_offsets, urows = {}, {}, {}, {}, {}, {}
-    rejected, need_owner, serve, ws_size = {}, {}, {}, {}
+    # This rank's unique (key, batch) pairs per table, with counts; sorted by batch, then key.
+    tabs: dict[str, _Table] = {}
     occurrences = 0
     for table, slots in by_table.items():
         parts = [chunk.sparse[s][1] for s in slots]
-        sizes = [len(p) for p in parts]
-        occurrences += sum(sizes)
+        occurrences += sum(len(x) for x in parts)
         all_keys = (np.concatenate(parts) if len(parts) > 1 else parts[0]).astype(np.uint64, copy=False)
         occ_batch = np.concatenate([np.repeat(example_batch, np.diff(chunk.sparse[s][0])) for s in slots])
         uniq, loc = np.unique(all_keys, return_inverse=True)
-        loc = loc.astype(np.int64, copy=False).reshape(-1)
         nu = max(len(uniq), 1)
-        codes, occ_pair, pair_count = np.unique(occ_batch * nu + loc, return_inverse=True, return_counts=True)
-        occ_pair = occ_pair.astype(np.int64, copy=False).reshape(-1)
-        pkey, pbatch, pcount = uniq[codes % nu], codes // nu, pair_count.astype(np.int64)  # sorted (batch, key)
-        pown = owner(pkey, world)
-        triples = np.stack([pkey.view(np.int64), pbatch, pcount], axis=1)
+        codes, occ_pair, pair_count = np.unique(
+            occ_batch * nu + loc.astype(np.int64, copy=False).reshape(-1), return_inverse=True, return_counts=True
+        )
+        pkey, pbatch = uniq[codes % nu], codes // nu
+        triples = np.stack([pkey.view(np.int64), pbatch, pair_count.astype(np.int64)], axis=1)
+        tabs[table] = _Table(
+            slots, np.cumsum([0, *(len(x) for x in parts)]), occ_batch, occ_pair.astype(np.int64).reshape(-1),
+            pkey, pbatch, owner(pkey, world), triples, np.ones(len(pkey), bool),
+        )  # fmt: skip
 
-        has_admission = admit is not None and table in admission_tables
-        ok = np.ones(len(pkey), bool)
-        null_batches = np.zeros(0, np.int64)
-        if has_admission:
-            got = [g.reshape(-1, 3) for g in ring.all_gather_array(triples, comm, "admission_all_gather")]
-            gk = np.concatenate([g[:, 0] for g in got]).view(np.uint64)
-            gb, gc = np.concatenate([g[:, 1] for g in got]), np.concatenate([g[:, 2] for g in got])
+    # 1. Pairs to the keys' owners, all tables in one all-to-all; tables with admission: every rank's pairs to all.
+    if plain_names:
+        sent = [[tabs[t].triples[tabs[t].pown == o] for t in plain_names] for o in range(world)]
+        got = _exchange_tables(ring, sent, comm, "key_all_to_all")
+        for j, t in enumerate(plain_names):
+            tabs[t].received = [g[j].reshape(-1, 3) for g in got]
+    rejected: dict[str, tuple[int, int]] = {}
+    if adm_names:
+        got = _exchange_tables(ring, [[tabs[t].triples for t in adm_names]] * world, comm, "admission_all_gather")
+        for j, t in enumerate(adm_names):
+            tab, every = tabs[t], [g[j].reshape(-1, 3) for g in got]
+            gk = np.concatenate([g[:, 0] for g in every]).view(np.uint64)
+            gb, gc = np.concatenate([g[:, 1] for g in every]), np.concatenate([g[:, 2] for g in every])
             mk, mb, mc, pair_of = _merge_pairs(gk, gb, gc)
-            ok_pair = admit(table, mk, mb, mc)
+            assert admit is not None
+            ok_pair = admit(t, mk, mb, mc)
             ok_all = ok_pair[pair_of]
-            cut = np.cumsum([0, *(len(g) for g in got)])
-            ok = ok_all[cut[rank] : cut[rank + 1]]
-            all_keys_u = np.unique(mk)
-            admitted = np.unique(mk[ok_pair])
-            rejected[table] = (len(all_keys_u) - len(admitted), int(mc[~ok_pair].sum()))
-            null_batches = np.unique(mb[~ok_pair])
-            # What each owner would have received: the admitted pairs of every rank that it owns.
-            received = []
-            for s, g in enumerate(got):
-                ks = g[:, 0].view(np.uint64)
-                keep = ok_all[cut[s] : cut[s + 1]] & (owner(ks, world) == rank)
-                received.append(g[keep])
-        else:
-            sent = [triples[pown == o] for o in range(world)]
-            received = [r.reshape(-1, 3) for r in ring.exchange(sent, comm, "key_all_to_all")]
-        rk = np.concatenate([r[:, 0] for r in received]).view(np.uint64)
-        rc = np.concatenate([r[:, 2] for r in received])
-        own_keys = np.unique(rk)
-        own_counts = _counts_of(own_keys, rk, rc)
-        extra = 1 if has_admission else 0  # the null row
-        bounds = np.cumsum([0, *sizes])
+            cut = np.cumsum([0, *(len(g) for g in every)])
+            tab.ok = ok_all[cut[rank] : cut[rank + 1]]
+            rejected[t] = (len(np.unique(mk)) - len(np.unique(mk[ok_pair])), int(mc[~ok_pair].sum()))
+            tab.null_batches = np.unique(mb[~ok_pair])
+            tab.has_null = True
+            # What this rank would have received as an owner: every rank's admitted pairs of the keys it owns.
+            tab.received = []
+            for s, g in enumerate(every):
+                keep = ok_all[cut[s] : cut[s + 1]] & (owner(g[:, 0].view(np.uint64), world) == rank)
+                tab.received.append(g[keep])
+    for tab in tabs.values():
+        rk = np.concatenate([r[:, 0] for r in tab.received]).view(np.uint64)
+        tab.own_keys = np.unique(rk)
+        tab.own_counts = _counts_of(tab.own_keys, rk, np.concatenate([r[:, 2] for r in tab.received]))
 
-        if row_wise:
-            # This rank's need per batch: its admitted pairs in key order, then the null row if it has one there.
-            adm_per_batch = np.bincount(pbatch[ok], minlength=nb).astype(np.int64)
-            null_here = np.zeros(nb, np.int64)
-            null_here[np.unique(pbatch[~ok])] = 1
-            need_off = np.zeros(nb + 1, np.int64)
-            np.cumsum(adm_per_batch + null_here, out=need_off[1:])
-            adm_start = np.zeros(nb + 1, np.int64)
-            np.cumsum(adm_per_batch, out=adm_start[1:])
-            rel = np.cumsum(ok) - 1 - adm_start[pbatch]  # admitted pair's index within its batch's need
-            owners = np.full(int(need_off[-1]), -1, np.int64)
-            owners[need_off[pbatch[ok]] + rel[ok]] = pown[ok]
-            pair_local = np.where(ok, rel, adm_per_batch[pbatch])
-            occ_local = pair_local[occ_pair]
-            need_owner[table], urow_offsets[table] = owners, need_off
-            serve[table] = []
-            for r in received:
-                pos = np.searchsorted(own_keys, r[:, 0].view(np.uint64))
-                serve[table].append((np.searchsorted(r[:, 1], np.arange(nb + 1)).astype(np.int64), pos))
-            keys_out[table], counts_out[table] = own_keys, own_counts
-            for j, s in enumerate(slots):
-                local[s] = occ_local[bounds[j] : bounds[j + 1]]
-                inv[s] = local[s]
-            ws_size[table] = len(own_keys)  # summed over ranks below
-            continue
+    keys_out: dict[str, np.ndarray] = {}
+    counts_out: dict[str, np.ndarray] = {}
+    local: dict[str, np.ndarray] = {}
+    inv: dict[str, np.ndarray] = {}
+    urow_offsets: dict[str, np.ndarray] = {}
+    urows: dict[str, np.ndarray] = {}
+    need_owner: dict[str, np.ndarray] = {}
+    serve: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
+    ws_size: dict[str, int] = {}
+    if row_wise:
+        for t, tab in tabs.items():
+            _plan_row_wise(tab, nb, t, local, inv, urow_offsets, need_owner, serve)
+            keys_out[t], counts_out[t], ws_size[t] = tab.own_keys, tab.own_counts, len(tab.own_keys)
+    else:
+        # 2. The whole working set: every owner's sorted keys and counts, all tables in one all-gather.
+        packed = [np.concatenate([tabs[t].own_keys.view(np.int64), tabs[t].own_counts]) for t in names]
+        got = _exchange_tables(ring, [packed] * world, comm, "working_set_all_gather")
+        codes_of_mine = []
+        for j, t in enumerate(names):
+            tab = tabs[t]
+            gk = np.concatenate([g[j][: len(g[j]) // 2] for g in got]).view(np.uint64)
+            gc = np.concatenate([g[j][len(g[j]) // 2 :] for g in got])
+            order = np.argsort(gk)
+            keys_out[t], counts_out[t], ws_size[t] = gk[order], gc[order], len(gk)
+            tab.n_ws = max(len(gk) + int(tab.has_null), 1)
+            rb = np.concatenate([r[:, 1] for r in tab.received])
+            rk = np.concatenate([r[:, 0] for r in tab.received]).view(np.uint64)
+            codes_of_mine.append(np.unique(rb * tab.n_ws + np.searchsorted(keys_out[t], rk)))
+        # 3. Every global batch's unique rows: each owner's (batch, row) codes, all tables in one all-gather.
+        got = _exchange_tables(ring, [codes_of_mine] * world, comm, "working_set_all_gather")
+        for j, t in enumerate(names):
+            tab, null_row = tabs[t], len(keys_out[t])
+            all_codes = np.unique(np.concatenate([*(g[j] for g in got), tab.null_batches * tab.n_ws + null_row]))
+            uo = np.searchsorted(all_codes // tab.n_ws, np.arange(nb + 1)).astype(np.int64)
+            urow_offsets[t], urows[t] = uo, all_codes % tab.n_ws
+            pair_row = np.where(tab.ok, np.searchsorted(keys_out[t], tab.pkey), null_row)
+            occ_row = pair_row[tab.occ_pair]
+            occ_inv = np.searchsorted(all_codes, tab.occ_batch * tab.n_ws + occ_row) - uo[tab.occ_batch]
+            for k, slot in enumerate(tab.slots):
+                local[slot] = occ_row[tab.bounds[k] : tab.bounds[k + 1]]
+                inv[slot] = occ_inv[tab.bounds[k] : tab.bounds[k + 1]]
 
-        # Replicated: the whole working set (owners' sorted lists, merged) and every batch's unique rows.
-        packed = np.concatenate([own_keys.view(np.int64), own_counts])
-        got = ring.all_gather_array(packed, comm, "working_set_all_gather")
-        gk = np.concatenate([g[: len(g) // 2] for g in got]).view(np.uint64)
-        gc = np.concatenate([g[len(g) // 2 :] for g in got])
-        order = np.argsort(gk)
-        wkeys, wcounts = gk[order], gc[order]
-        n_ws = max(len(wkeys) + extra, 1)
-        null_row = len(wkeys)
-        # The batches' unique rows this owner knows of (its keys, read by any rank), then everyone's.
-        rb = np.concatenate([r[:, 1] for r in received])
-        mine_codes = np.unique(rb * n_ws + np.searchsorted(wkeys, rk))
-        got = ring.all_gather_array(mine_codes, comm, "working_set_all_gather")
-        all_codes = np.unique(np.concatenate([*got, null_batches * n_ws + null_row]))
-        uo = np.searchsorted(all_codes // n_ws, np.arange(nb + 1)).astype(np.int64)
-        urow_offsets[table], urows[table] = uo, all_codes % n_ws
-        pair_row = np.where(ok, np.searchsorted(wkeys, pkey), null_row)
-        occ_row = pair_row[occ_pair]
-        occ_inv = np.searchsorted(all_codes, occ_batch * n_ws + occ_row) - uo[occ_batch]
-        keys_out[table], counts_out[table] = wkeys, wcounts
-        for j, s in enumerate(slots):
-            local[s] = occ_row[bounds[j] : bounds[j + 1]]
-            inv[s] = occ_inv[bounds[j] : bounds[j + 1]]
-        ws_size[table] = len(wkeys)
-
-    names = list(ws_size)
     stats = np.array([len(chunk), occurrences, *(ws_size[n] for n in names)], np.int64)
     got = ring.all_gather_array(stats, comm, "plan_stats_all_gather")
     share = {"examples": [int(g[0]) for g in got], "key_occurrences": [int(g[1]) for g in got]}
@@ -329,7 +324,7 @@ def plan_rank_pass(
         local,
         dict(slot_tables),
         urow_offsets,
-        urows if not row_wise else {},
+        urows,
         inv,
         rejected,
         need_owner,
@@ -338,3 +333,75 @@ def plan_rank_pass(
         share,
         comm,
     )
+
+
+@dataclass
+class _Table:
+    """One table's planning state on this rank."""
+
+    slots: list[str]
+    bounds: np.ndarray  # int64[len(slots)+1]: each slot's occurrences in the table's concatenation
+    occ_batch: np.ndarray  # int64[occ]: batch of each occurrence
+    occ_pair: np.ndarray  # int64[occ]: its (key, batch) pair
+    pkey: np.ndarray  # uint64[p]: the pairs' keys ...
+    pbatch: np.ndarray  # int64[p]: ... batches
+    pown: np.ndarray  # int64[p]: ... keys' owners
+    triples: np.ndarray  # int64[p, 3]: (key bits, batch, count)
+    ok: np.ndarray  # bool[p]: admitted
+    received: list[np.ndarray] = field(default_factory=list)  # per rank: its admitted triples of keys owned here
+    null_batches: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    has_null: bool = False
+    own_keys: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint64))
+    own_counts: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    n_ws: int = 1
+
+
+def _exchange_tables(
+    ring: Ring, send: list[list[np.ndarray]], comm: dict[str, int], what: str
+) -> list[list[np.ndarray]]:
+    """One all-to-all for every table's arrays: ``send[dest][table]`` -> ``[source][table]`` (flat int64)."""
+    flat = []
+    for parts in send:  # per destination: the tables' sizes, then their arrays
+        sizes = np.array([a.size for a in parts], np.int64)
+        flat.append(np.concatenate([sizes, *(a.reshape(-1).view(np.int64) for a in parts)]))
+    n_tables = len(send[0]) if send else 0
+    out = []
+    for g in ring.exchange(flat, comm, what):
+        sizes = g[:n_tables]
+        cut = n_tables + np.cumsum([0, *sizes])
+        out.append([g[cut[j] : cut[j + 1]] for j in range(n_tables)])
+    return out
+
+
+def _plan_row_wise(
+    tab: _Table,
+    nb: int,
+    table: str,
+    local: dict[str, np.ndarray],
+    inv: dict[str, np.ndarray],
+    need_off_out: dict[str, np.ndarray],
+    need_owner: dict[str, np.ndarray],
+    serve: dict[str, list[tuple[np.ndarray, np.ndarray]]],
+) -> None:
+    """A row-wise table: this rank's need per batch (its admitted pairs in key order, then the null row if it has
+    one there), each occurrence's index in it, and what this rank serves to each rank."""
+    ok, pbatch = tab.ok, tab.pbatch
+    adm_per_batch = np.bincount(pbatch[ok], minlength=nb).astype(np.int64)
+    null_here = np.zeros(nb, np.int64)
+    null_here[np.unique(pbatch[~ok])] = 1
+    need_off = np.zeros(nb + 1, np.int64)
+    np.cumsum(adm_per_batch + null_here, out=need_off[1:])
+    adm_start = np.zeros(nb + 1, np.int64)
+    np.cumsum(adm_per_batch, out=adm_start[1:])
+    rel = np.cumsum(ok) - 1 - adm_start[pbatch]  # an admitted pair's index within its batch's need
+    owners = np.full(int(need_off[-1]), -1, np.int64)
+    owners[need_off[pbatch[ok]] + rel[ok]] = tab.pown[ok]
+    occ_local = np.where(ok, rel, adm_per_batch[pbatch])[tab.occ_pair]
+    need_owner[table], need_off_out[table] = owners, need_off
+    serve[table] = []
+    for r in tab.received:  # sorted by batch, then key: the order the rank's need has them in
+        pos = np.searchsorted(tab.own_keys, r[:, 0].view(np.uint64))
+        serve[table].append((np.searchsorted(r[:, 1], np.arange(nb + 1)).astype(np.int64), pos))
+    for k, slot in enumerate(tab.slots):
+        local[slot] = occ_local[tab.bounds[k] : tab.bounds[k + 1]]
+        inv[slot] = local[slot]
