@@ -302,8 +302,8 @@ def plan_rank_pass(
             uo = np.searchsorted(all_codes // tab.n_ws, np.arange(nb + 1)).astype(np.int64)
             urow_offsets[t], urows[t] = uo, all_codes % tab.n_ws
             pair_row = np.where(tab.ok, np.searchsorted(keys_out[t], tab.pkey), null_row)
-            occ_row = pair_row[tab.occ_pair]
-            occ_inv = np.searchsorted(all_codes, tab.occ_batch * tab.n_ws + occ_row) - uo[tab.occ_batch]
+            pair_inv = np.searchsorted(all_codes, tab.pbatch * tab.n_ws + pair_row) - uo[tab.pbatch]
+            occ_row, occ_inv = pair_row[tab.occ_pair], pair_inv[tab.occ_pair]  # pairs are fewer than occurrences
             for k, slot in enumerate(tab.slots):
                 local[slot] = occ_row[tab.bounds[k] : tab.bounds[k + 1]]
                 inv[slot] = occ_inv[tab.bounds[k] : tab.bounds[k + 1]]
