@@ -643,8 +643,9 @@ class Trainer:
         t1 = time.perf_counter()
         ssd_before, host_before = dict(self.store.stats), dict(self.host.stats)
         comm_before = dict(self.ring.bytes) if self.ring else {}
-        mine = {n: owner(k, self.world) == self.rank for n, k in plan.keys.items()} if self.ring else None
-        plan_comm = getattr(plan, "comm_bytes", {})  # the planning collectives of this pass (in the read thread)
+        replicated = self.ring is not None and not self.row_wise
+        mine = {n: owner(k, self.world) == self.rank for n, k in plan.keys.items()} if replicated else None
+        plan_comm = plan.comm_bytes if isinstance(plan, RankPlan) else {}  # this pass's planning collectives
         if self.row_wise:  # this rank holds only the rows it owns: the plan's keys
             fetched = WorkingSet.fetch(self.host, self.specs, plan.keys, cfg.run.seed)
             owned_new = {n: n_new for n, (_, n_new) in fetched.items()}
