@@ -113,6 +113,10 @@ class PassPlan:
     def num_batches(self) -> int:
         return -(-len(self.chunk) // self.batch_size)
 
+    def working_set_sizes(self) -> dict[str, int]:
+        """table -> keys in the pass's working set."""
+        return {n: len(k) for n, k in self.keys.items()}
+
     def batch(self, i: int) -> BatchPlan:
         """The i-th batch's arrays (views, no copies of key data)."""
         start, stop = i * self.batch_size, min((i + 1) * self.batch_size, len(self.chunk))

@@ -51,7 +51,8 @@ from hier_ps.pipeline import PassFeeder, PassItem, cut_passes_by_budget
 from hier_ps.plan import BatchPlan, PassPlan, plan_pass
 from hier_ps.ring.group import Ring, owner, sum_hook
 from hier_ps.ring.reshard import remove_other_worlds, reshard_into, store_dir_for
-from hier_ps.ring.rowwise import BatchExchange, fetch_rows, return_grads
+from hier_ps.ring.rowwise import fetch_rows, return_grads
+from hier_ps.ring.shard_plan import RankPlan, RowExchange, plan_rank_pass, rank_examples
 from hier_ps.ssd import SSDStore
 from hier_ps.ssd.table import in_sorted
 
@@ -573,6 +574,8 @@ class Trainer:
     def _pass_chunks(self, pass_examples: int | str) -> Iterator[Any]:
         """One epoch's passes: fixed-size, or (auto) cut so that each working set fits the device budget."""
         if pass_examples != "auto":
+            if self.ring is not None:  # each rank decodes the keys of its share only (see _plan_for)
+                return self.train_reader.iter_lazy_chunks(int(pass_examples))
             return self.train_reader.iter_chunks(int(pass_examples))
         budget = self._pass_budget(for_cutting=True)
         key_bytes = {n: (s.dim + s.layout.state) * 4 for n, s in self.specs.items()}
@@ -597,44 +600,57 @@ class Trainer:
             return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4
         return None
 
-    def _plan_for(self, chunk: Any, epoch: int, index: int) -> tuple[PassPlan, Any]:
-        """Read-ahead thread: shuffles and plans one pass; returns the plan and the admission sketch after it."""
+    def _plan_for(self, chunk: Any, epoch: int, index: int) -> tuple[PassPlan | RankPlan, Any]:
+        """Read-ahead thread: shuffles and plans one pass; returns the plan and the admission sketch after it.
+
+        On several ranks each rank plans only its slice of every global batch (DESIGN.md contract 4), and the
+        working set is assembled by collectives over the ranks' planning group (:mod:`hier_ps.ring.shard_plan`).
+        """
         cfg = self.cfg
+        order = None
         if cfg.train.shuffle:
-            rng = np.random.default_rng([cfg.run.seed, epoch, index])
-            chunk = chunk.take(rng.permutation(len(chunk)))
-        plan = plan_pass(
-            chunk,
-            self.slot_tables,
-            cfg.train.batch_size * self.world,  # global batches; each rank trains its slice of each
-            index,
-            admit=self.admission.admit if self.admission else None,
-            admission_tables=set(self.admission.sketches),
-        )
+            order = np.random.default_rng([cfg.run.seed, epoch, index]).permutation(len(chunk))
+        admit = self.admission.admit if self.admission else None
+        tables = set(self.admission.sketches)
+        if self.ring is None:
+            if order is not None:
+                chunk = chunk.take(order)
+            plan: PassPlan | RankPlan = plan_pass(
+                chunk, self.slot_tables, cfg.train.batch_size, index, admit=admit, admission_tables=tables
+            )
+        else:
+            idx, starts, glens = rank_examples(len(chunk), cfg.train.batch_size * self.world, self.world, self.rank)
+            mine = chunk.take(order[idx] if order is not None else idx)  # one gather: shuffle and take the share
+            plan = plan_rank_pass(
+                mine,
+                len(chunk),
+                starts,
+                glens,
+                self.slot_tables,
+                index,
+                self.ring,
+                row_wise=self.row_wise,
+                admit=admit,
+                admission_tables=tables,
+            )
         return plan, (self.admission.state_dict() if self.admission else None)
 
     def _run_pass(self, item: PassItem, times: dict[str, float], bar: tqdm) -> dict[str, Any]:
         cfg = self.cfg
-        plan, epoch, chunk = item.plan, item.epoch, item.plan.chunk
+        plan, epoch, n_examples = item.plan, item.epoch, item.plan.num_examples
         assert item.pass_index == self.pass_index, (item.pass_index, self.pass_index)
         self._admission_state = item.extra  # what a checkpoint after this pass saves
         t1 = time.perf_counter()
         ssd_before, host_before = dict(self.store.stats), dict(self.host.stats)
         comm_before = dict(self.ring.bytes) if self.ring else {}
-        mine = {n: owner(k, self.world) == self.rank for n, k in plan.keys.items()} if self.ring else None
-        if self.row_wise:  # this rank holds only the rows it owns
-            own_keys = {n: k[mine[n]] for n, k in plan.keys.items()}
-            fetched = WorkingSet.fetch(self.host, self.specs, own_keys, cfg.run.seed)
+        replicated = self.ring is not None and not self.row_wise
+        mine = {n: owner(k, self.world) == self.rank for n, k in plan.keys.items()} if replicated else None
+        plan_comm = plan.comm_bytes if isinstance(plan, RankPlan) else {}  # this pass's planning collectives
+        if self.row_wise:  # this rank holds only the rows it owns: the plan's keys
+            fetched = WorkingSet.fetch(self.host, self.specs, plan.keys, cfg.run.seed)
             owned_new = {n: n_new for n, (_, n_new) in fetched.items()}
             new_all = self._sum_ranks(owned_new)
             fetched = {n: (r, new_all[n]) for n, (r, _) in fetched.items()}
-            self._row_owner, self._own_pos = {}, {}
-            for n, k in plan.keys.items():
-                extra = [-1] if n in plan.rejected else []  # the null row belongs to nobody
-                self._row_owner[n] = np.concatenate([owner(k, self.world), extra]).astype(np.int64)
-                pos = np.full(len(k) + len(extra), -1, np.int64)
-                pos[np.flatnonzero(mine[n])] = np.arange(int(mine[n].sum()))
-                self._own_pos[n] = pos
         elif self.ring is None:
             self._check_hbm_budget(plan.keys)
             ws, fetched, pushed_departed = self._load_delta(plan)  # rows shared with the last pass stay put
@@ -644,10 +660,10 @@ class Trainer:
             owned_new = self._owned_new
         t2 = time.perf_counter()
         if self.ring is not None:
-            self._check_hbm_budget(own_keys if self.row_wise else plan.keys)
+            self._check_hbm_budget(plan.keys)
             rows = {n: r for n, (r, _) in fetched.items()}
             if self.row_wise:
-                ws = WorkingSet.load(self.specs, own_keys, rows, self.device)
+                ws = WorkingSet.load(self.specs, plan.keys, rows, self.device)
             else:
                 ws = WorkingSet.load(self.specs, plan.keys, rows, self.device, null_rows=set(plan.rejected))
             del rows
@@ -655,7 +671,7 @@ class Trainer:
         loss_sum = self._train_pass(plan, ws, bar)
         t4 = time.perf_counter()
         if self.row_wise:
-            pushed = ws.push(self.host, {n: c[mine[n]] for n, c in plan.counts.items()}, self.pass_index)
+            pushed = ws.push(self.host, plan.counts, self.pass_index)
         elif self.ring is not None:
             pushed = ws.push(self.host, plan.counts, self.pass_index, mine)
         else:
@@ -672,27 +688,29 @@ class Trainer:
         # stages), then pull, load, train, push.
         wall = times["wait"] + (t5 - t1)
         self.pass_index += 1
-        self.examples_seen += len(chunk)
+        self.examples_seen += n_examples
         ssd = {k: v - ssd_before.get(k, 0) for k, v in self.store.stats.items() if isinstance(v, int | float)}
         for n, n_new in owned_new.items():
             self.rows_total[n] += n_new
         rec = {
             "pass": self.pass_index - 1,
             "epoch": epoch,
-            "examples": len(chunk),
-            "train_loss": loss_sum / max(len(chunk), 1),
-            "examples_per_s": len(chunk) / max(wall, 1e-9),
+            "examples": n_examples,
+            "train_loss": loss_sum / max(n_examples, 1),
+            "examples_per_s": n_examples / max(wall, 1e-9),
             "wall_s": wall,
             "exposed_s": times["wait"],
-            "working_set_keys": {n: len(k) for n, k in plan.keys.items()},
+            "working_set_keys": plan.working_set_sizes(),
             "new_keys": {n: n_new for n, (_, n_new) in fetched.items()},
             "seconds": times,
             "bytes_pushed": pushed,
             "host_cache": self._host_stats(host_before),
             "ssd": ssd,
         }
-        if self.ring is not None:  # this rank's collective buffers in this pass (every rank's are the same size)
+        if self.ring is not None:  # this rank's collective buffers in this pass, planning included
             rec["comm_bytes"] = {k: v - comm_before.get(k, 0) for k, v in self.ring.bytes.items()}
+            rec["comm_bytes"].update(plan_comm)
+            rec["rank_share"] = plan.share  # what each rank read into its plan
         if plan.rejected:
             rec["admission"] = {
                 n: {"admitted_new": fetched[n][1], "rejected_keys": k, "rejected_occurrences": o}
@@ -787,20 +805,18 @@ class Trainer:
                 f"set but the budget is {budget / 2**20:.1f} MiB; lower train.pass_examples or set it to auto"
             )
 
-    def _train_pass(self, plan: PassPlan, ws: WorkingSet, bar: tqdm) -> float:
+    def _train_pass(self, plan: PassPlan | RankPlan, ws: WorkingSet, bar: tqdm) -> float:
         """Trains every batch of the pass; returns the sum of the examples' losses (over all ranks)."""
         self.model.train()
         loss_sum = 0.0
         for i in range(plan.num_batches):
-            b = plan.batch(i)
-            n = len(b)
+            b = plan.batch(i)  # on several ranks: this rank's slice of global batch i (DESIGN.md contract 4)
+            n = plan.global_len(i) if isinstance(plan, RankPlan) else len(b)
             if self.row_wise:
-                loss_sum += self._train_step_row_wise(b, ws) * n
-                bar.update(n)
-                continue
-            if self.ring is not None:  # DESIGN.md contract 4: rank r trains the r-th contiguous slice
-                b = b.slice(self.rank * n // self.world, (self.rank + 1) * n // self.world)
-            loss_sum += self._train_step(b, ws, n) * n
+                assert isinstance(plan, RankPlan)
+                loss_sum += self._train_step_row_wise(b, plan.exchange(i), ws, n) * n
+            else:
+                loss_sum += self._train_step(b, ws, n) * n
             bar.update(n)
         if self.ring is not None:
             t = torch.tensor([loss_sum], dtype=torch.float64, device=self._comm_device)
@@ -859,43 +875,39 @@ class Trainer:
             ws.tables[table].apply(self._to_device(urows), grads[table])
         return float(loss.detach())
 
-    def _train_step_row_wise(self, b: BatchPlan, ws: WorkingSet) -> float:
-        """One step of this rank's slice of global batch `b` with a row-wise sharded working set (see
-        :mod:`hier_ps.ring.rowwise`); returns this rank's share of the loss."""
+    def _train_step_row_wise(self, b: BatchPlan, ex: dict[str, RowExchange], ws: WorkingSet, global_len: int) -> float:
+        """One step of this rank's slice `b` of a global batch of `global_len` examples with a row-wise sharded
+        working set (see :mod:`hier_ps.ring.rowwise`); returns this rank's share of the loss."""
         assert self.ring is not None
-        ex = BatchExchange.build(b, self._row_owner, self.world, self.rank)
-        mb = b.slice(int(ex.bounds[self.rank]), int(ex.bounds[self.rank + 1]))
-
         # Forward: owners send each rank the rows its slice reads.
-        emb = {t: ws.tables[t].emb for t in ex.table}
-        tables = fetch_rows(ex, b, emb, self._own_pos, self.ring, self.device, self._comm_device)
+        emb = {t: ws.tables[t].emb for t in ex}
+        tables = fetch_rows(ex, emb, self.ring, self.device, self._comm_device)
 
-        labels, dense = self._to_device(mb.labels), self._to_device(mb.dense)
+        labels, dense = self._to_device(b.labels), self._to_device(b.dense)
         pooled, offsets = {}, {}
         for slot, t in self.slot_tables.items():
-            offsets[slot] = self._to_device(mb.slots[slot][0])
-            idx = self._to_device(ex.table[t].local[slot])
+            offsets[slot] = self._to_device(b.slots[slot][0])
+            idx = self._to_device(b.slots[slot][1])
             pooled[slot] = F.embedding_bag(
                 idx, tables[t], offsets[slot], mode=self.pooling[slot], include_last_offset=True
             )
             pooled[slot].requires_grad_(True)
         logits = self.ddp(dense, pooled).reshape(len(dense), len(self.tasks))
-        loss = F.binary_cross_entropy_with_logits(logits, labels, reduction="sum") / len(b)
+        loss = F.binary_cross_entropy_with_logits(logits, labels, reduction="sum") / global_len
         self.dense_opt.zero_grad(set_to_none=True)
         loss.backward()
         self.dense_opt.step()
 
         # Backward: each rank sends the owners the summed gradients of the rows its slice read; owners update.
         grads = {}
-        for t, te in ex.table.items():
-            parts, locs = [], []
+        for t, (need, inv) in b.tables.items():
+            parts = []
             for slot in b.table_slots[t]:
                 g = pooled[slot].grad if pooled[slot].grad is not None else torch.zeros_like(pooled[slot])
                 parts.append(_occurrence_grads(g, offsets[slot], self.pooling[slot]))
-                locs.append(te.local[slot])
             src = parts[0] if len(parts) == 1 else torch.cat(parts)
-            grads[t] = segment_sum(src, self._to_device(np.concatenate(locs)), len(te.need[self.rank]))
-        summed = return_grads(ex, b, grads, self._own_pos, self.ring, self.device, self._comm_device)
+            grads[t] = segment_sum(src, self._to_device(inv), len(need))
+        summed = return_grads(ex, grads, self.ring, self.device, self._comm_device)
         for t, (touched, grad) in summed.items():
             ws.tables[t].apply(touched, grad)
         return float(loss.detach())

@@ -2,6 +2,10 @@
 
 Memory stays at about one chunk plus one Arrow record batch whatever the size of the files: row groups are streamed
 with ``ParquetFile.iter_batches`` and re-cut into chunks of exactly ``chunk_rows`` examples across file boundaries.
+
+:meth:`ParquetReader.iter_lazy_chunks` cuts the same chunks but decodes only labels and dense features (which decide
+which examples are valid); a :class:`LazyChunk` decodes the sparse columns (list flattening, string hashing) of the
+examples it is asked for: a rank of a data-parallel run decodes only its share of each pass.
 """
 
 from __future__ import annotations
@@ -9,7 +13,9 @@ from __future__ import annotations
 import glob
 import logging
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -20,7 +26,7 @@ from hier_ps.data.chunk import ExampleChunk
 from hier_ps.data.hashing import hash_strings
 from hier_ps.errors import DataError
 
-__all__ = ["ParquetReader"]
+__all__ = ["LazyChunk", "ParquetReader"]
 
 log = logging.getLogger(__name__)
 
@@ -176,6 +182,7 @@ class ParquetReader:
         self.files: list[str] = [] if paths is None else _expand(paths)
         self.columns = list(dict.fromkeys([*self.label, *self.dense, *self.slots.values()]))
         self.num_invalid = 0
+        self.num_sparse_decoded = 0  # rows whose slots were decoded (a LazyChunk decodes only those asked for)
         self.num_rows = sum(self._validate(f) for f in self.files)
 
     def _validate(self, path: str) -> int:
@@ -232,29 +239,14 @@ class ParquetReader:
             DataError: a file cannot be read, or holds an invalid value (see the class docstring).
             ValueError: ``chunk_rows < 1``.
         """
-        if int(chunk_rows) < 1:
-            raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
-        chunk_rows = int(chunk_rows)
-        pending: list[ExampleChunk] = []
-        n_pending = 0
-        for path in self.files:
-            for c in self._file_chunks(path):
-                pending.append(c)
-                n_pending += len(c)
-                if n_pending < chunk_rows:
-                    continue
-                whole = ExampleChunk.concat(pending)
-                start = 0
-                while n_pending - start >= chunk_rows:
-                    yield whole.slice(start, start + chunk_rows)
-                    start += chunk_rows
-                # keep the tail as a view; it is copied by the next concat
-                pending = [whole.slice(start, n_pending)] if start < n_pending else []
-                n_pending -= start
-        if n_pending:
-            yield ExampleChunk.concat(pending)
+        return _cut((self._file_chunks(p, self._convert) for p in self.files), chunk_rows, ExampleChunk.concat)
 
-    def _file_chunks(self, path: str) -> Iterator[ExampleChunk]:
+    def iter_lazy_chunks(self, chunk_rows: int) -> Iterator[LazyChunk]:
+        """The chunks of :meth:`iter_chunks` (the same examples, the same errors for labels and dense features),
+        with their sparse columns left undecoded until :meth:`LazyChunk.take`."""
+        return _cut((self._file_chunks(p, self._lazy) for p in self.files), chunk_rows, LazyChunk.concat)
+
+    def _file_chunks(self, path: str, convert: Callable[[pa.RecordBatch, str, int], Any]) -> Iterator[Any]:
         """The valid examples of one file, one chunk per record batch (empty ones dropped)."""
         row_base = 0
         try:
@@ -265,14 +257,42 @@ class ParquetReader:
                     rb = next(batches)
                 except StopIteration:
                     break
-                c = self._convert(rb, path, row_base)
+                c = convert(rb, path, row_base)
                 row_base += rb.num_rows
                 if len(c):
                     yield c
         except (OSError, pa.ArrowException) as e:
             raise DataError(f"{path}: cannot read rows after row {row_base} ({_one_line(e)})") from None
 
+    def _lazy(self, rb: pa.RecordBatch, path: str, row_base: int) -> LazyChunk:
+        labels, dense, valid = self._labels_dense(rb, path, row_base)
+        rows = np.flatnonzero(valid)
+        if len(rows) < rb.num_rows:
+            self.num_invalid += int(rb.num_rows - len(rows))
+            labels, dense = labels[rows], dense[rows]
+        return LazyChunk(self, [(rb, rows, labels, dense)])
+
+    def decode_sparse(self, rb: pa.RecordBatch) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """The slots of a record batch: slot -> CSR (offsets int64[n+1], keys uint64[nnz])."""
+        self.num_sparse_decoded += rb.num_rows
+        sparse: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        bags_by_column: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        for slot, col in self.slots.items():
+            if col not in bags_by_column:
+                bags_by_column[col] = _bags(rb.column(col))
+            sparse[slot] = bags_by_column[col]
+        return sparse
+
     def _convert(self, rb: pa.RecordBatch, path: str, row_base: int) -> ExampleChunk:
+        labels, dense, valid = self._labels_dense(rb, path, row_base)
+        chunk = ExampleChunk(labels, dense, self.decode_sparse(rb))
+        if not valid.all():
+            self.num_invalid += int(rb.num_rows - valid.sum())
+            chunk = chunk.take(np.flatnonzero(valid))
+        return chunk
+
+    def _labels_dense(self, rb: pa.RecordBatch, path: str, row_base: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(labels float32[n, T], dense float32[n, D], valid bool[n]) of a record batch."""
         n = rb.num_rows
         valid = np.ones(n, bool)
         labels = np.empty((n, len(self.label)), np.float32)
@@ -302,17 +322,7 @@ class ParquetReader:
                 v32 = v.astype(np.float32)
             valid &= self._finite(np.isfinite(v32), v, path, col, row_base)
             dense[:, j] = v32
-        sparse: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-        bags_by_column: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-        for slot, col in self.slots.items():
-            if col not in bags_by_column:
-                bags_by_column[col] = _bags(rb.column(col))
-            sparse[slot] = bags_by_column[col]
-        chunk = ExampleChunk(labels, dense, sparse)
-        if not valid.all():
-            self.num_invalid += int(n - valid.sum())
-            chunk = chunk.take(np.flatnonzero(valid))
-        return chunk
+        return labels, dense, valid
 
     def _finite(self, finite: np.ndarray, v: np.ndarray, path: str, col: str, row_base: int) -> np.ndarray:
         if self.on_invalid == "error" and not finite.all():
@@ -322,6 +332,90 @@ class ParquetReader:
                 "on_invalid='skip' drops such examples"
             )
         return finite
+
+
+def _cut(files: Iterator[Iterator[Any]], chunk_rows: int, concat: Callable[[list[Any]], Any]) -> Iterator[Any]:
+    """Re-cuts the chunks of every file (file after file) into chunks of exactly ``chunk_rows`` examples, the last
+    one shorter; ``concat`` joins a list of chunks (ExampleChunk or LazyChunk, which both slice)."""
+    if int(chunk_rows) < 1:
+        raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
+    chunk_rows = int(chunk_rows)
+    pending: list[Any] = []
+    n_pending = 0
+    for file_chunks in files:
+        for c in file_chunks:
+            pending.append(c)
+            n_pending += len(c)
+            if n_pending < chunk_rows:
+                continue
+            whole = concat(pending)
+            start = 0
+            while n_pending - start >= chunk_rows:
+                yield whole.slice(start, start + chunk_rows)
+                start += chunk_rows
+            # keep the tail as a view; it is copied by the next concat
+            pending = [whole.slice(start, n_pending)] if start < n_pending else []
+            n_pending -= start
+    if n_pending:
+        yield concat(pending)
+
+
+@dataclass
+class LazyChunk:
+    """Consecutive valid examples whose labels and dense features are decoded but whose slots are not yet.
+
+    Attributes:
+        reader: the reader that decodes the slots.
+        pieces: (record batch, rows int64[k] of its valid examples in this chunk, labels float32[k, T], dense
+            float32[k, D]), one after another.
+    """
+
+    reader: ParquetReader
+    pieces: list[tuple[pa.RecordBatch, np.ndarray, np.ndarray, np.ndarray]]
+
+    def __len__(self) -> int:
+        return sum(len(p[1]) for p in self.pieces)
+
+    def slice(self, start: int, stop: int) -> LazyChunk:
+        """Examples ``[start, stop)``."""
+        out, base = [], 0
+        for rb, rows, labels, dense in self.pieces:
+            lo, hi = max(start - base, 0), min(stop - base, len(rows))
+            if lo < hi:
+                out.append((rb, rows[lo:hi], labels[lo:hi], dense[lo:hi]))
+            base += len(rows)
+        return LazyChunk(self.reader, out)
+
+    @staticmethod
+    def concat(chunks: Sequence[LazyChunk]) -> LazyChunk:
+        return LazyChunk(chunks[0].reader, [p for c in chunks for p in c.pieces])
+
+    def take(self, idx: np.ndarray) -> ExampleChunk:
+        """Examples ``idx`` (int64[m]) in that order, decoding the slots of those examples only.
+
+        Equals ``ExampleChunk`` of the whole chunk ``.take(idx)``, without decoding the other examples' keys.
+        """
+        idx = np.asarray(idx, np.int64).reshape(-1)
+        order = np.argsort(idx, kind="stable")
+        sorted_idx = idx[order]
+        bounds = np.cumsum([0, *(len(p[1]) for p in self.pieces)])
+        parts = []
+        for j, (rb, rows, labels, dense) in enumerate(self.pieces):
+            lo, hi = np.searchsorted(sorted_idx, bounds[j : j + 2])
+            if lo == hi:
+                continue
+            sel = sorted_idx[lo:hi] - bounds[j]
+            sub = rb.select(list(dict.fromkeys(self.reader.slots.values()))).take(pa.array(rows[sel]))
+            parts.append(ExampleChunk(labels[sel], dense[sel], self.reader.decode_sparse(sub)))
+        if not parts:
+            p = self.pieces[0] if self.pieces else None
+            t, d = (p[2].shape[1], p[3].shape[1]) if p else (len(self.reader.label), len(self.reader.dense))
+            empty = {s: (np.zeros(1, np.int64), np.zeros(0, np.uint64)) for s in self.reader.slots}
+            return ExampleChunk(np.zeros((0, t), np.float32), np.zeros((0, d), np.float32), empty)
+        whole = ExampleChunk.concat(parts)
+        inv = np.empty(len(idx), np.int64)
+        inv[order] = np.arange(len(idx))
+        return whole if np.array_equal(order, np.arange(len(idx))) else whole.take(inv)
 
 
 def _one_line(e: BaseException) -> str:

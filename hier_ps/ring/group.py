@@ -19,6 +19,7 @@ import datetime
 import logging
 import os
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -67,9 +68,38 @@ class Ring:
     local_rank: int
     backend: str
     bytes: dict[str, int] = field(default_factory=dict)
+    plan_group: Any = None  #: a gloo group of all ranks for planning, which runs in the read-ahead thread
 
     def count(self, what: str, t: torch.Tensor) -> None:
         self.bytes[what] = self.bytes.get(what, 0) + t.numel() * t.element_size()
+
+    def exchange(self, send: list[np.ndarray], counter: dict[str, int], what: str) -> list[np.ndarray]:
+        """All-to-all of int64 arrays over the planning group: ``send[s]`` goes to rank s.
+
+        Planning runs in the read-ahead thread while training uses the default group in the main thread; a group of
+        its own keeps the two streams of collectives from interleaving differently on different ranks.
+
+        Args:
+            send: per destination rank, an int64 (or uint64) array; any shape, sent flat.
+            counter: where the off-rank bytes sent are added, under `what` (the plan's own, so that each pass's
+                record counts its own planning, not the next pass's).
+
+        Returns:
+            Per source rank, the flat int64 array it sent here.
+        """
+        flat = [np.ascontiguousarray(a).reshape(-1).view(np.int64) for a in send]
+        sizes = torch.tensor([len(a) for a in flat], dtype=torch.int64)
+        recv_sizes = torch.empty(self.world, dtype=torch.int64)
+        dist.all_to_all_single(recv_sizes, sizes, group=self.plan_group)
+        out = torch.empty(int(recv_sizes.sum()), dtype=torch.int64)
+        src = torch.from_numpy(np.concatenate(flat)) if flat else torch.zeros(0, dtype=torch.int64)
+        dist.all_to_all_single(out, src, recv_sizes.tolist(), sizes.tolist(), group=self.plan_group)
+        counter[what] = counter.get(what, 0) + 8 * sum(len(a) for s, a in enumerate(flat) if s != self.rank)
+        return [a.numpy() for a in torch.split(out, recv_sizes.tolist())]
+
+    def all_gather_array(self, a: np.ndarray, counter: dict[str, int], what: str) -> list[np.ndarray]:
+        """Every rank's int64 array `a` (flat), by rank, over the planning group."""
+        return self.exchange([a] * self.world, counter, what)
 
     @classmethod
     def from_env(cls, device_type: str, timeout_s: float = 300.0) -> Ring | None:
@@ -95,8 +125,9 @@ class Ring:
                 dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
             except (RuntimeError, ValueError) as e:
                 raise HierPSError(f"cannot join the process group of rank {rank}/{world} ({e})") from None
+        plan_group = dist.new_group(backend="gloo", timeout=datetime.timedelta(seconds=timeout_s))
         log.info("rank %d of %d (local rank %d), backend %s", rank, world, local_rank, backend)
-        return cls(rank, world, local_rank, backend)
+        return cls(rank, world, local_rank, backend, plan_group=plan_group)
 
     @property
     def is_main(self) -> bool:

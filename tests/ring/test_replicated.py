@@ -103,6 +103,17 @@ def test_ranks_equal_one_process_with_the_global_batch(
     assert len(list((tmp_path / "many" / f"store-w{nproc}").glob("rank-*"))) == nproc
     lines = (tmp_path / "many" / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == one["passes"]  # rank 0 alone writes metrics
+    ref_recs = [json.loads(x) for x in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]
+    for line, ref_rec in zip(lines, ref_recs, strict=True):
+        rec = json.loads(line)
+        # Each rank read only its slice of every global batch into its plan; the slices make the pass.
+        share = rec["rank_share"]
+        assert len(share["examples"]) == nproc and sum(share["examples"]) == rec["examples"]
+        assert max(share["examples"]) <= -(-rec["examples"] // nproc) + 128
+        assert max(share["key_occurrences"]) < 0.8 * sum(share["key_occurrences"])
+        assert rec["working_set_keys"] == ref_rec["working_set_keys"]
+        assert rec["comm_bytes"]["key_all_to_all"] > 0  # keys went to their owners
+        assert ("working_set_all_gather" in rec["comm_bytes"]) == (mode == "replicated")
 
 
 @pytest.mark.parametrize("mode", ["replicated", "row_wise"])
@@ -116,6 +127,11 @@ def test_ranks_with_admission_and_eviction(tiny_data: dict, tmp_path: Path, mode
     p = torchrun(2, cfg, tmp_path)
     assert p.returncode == 0, p.stderr[-3000:]
     assert_equivalent(ref, cfg)
+    recs = [json.loads(x) for x in (tmp_path / "many" / "metrics.jsonl").read_text().splitlines()]
+    ref_recs = [json.loads(x) for x in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]
+    for rec, ref_rec in zip(recs, ref_recs, strict=True):
+        assert rec["admission"] == ref_rec["admission"]  # the same keys admitted and turned away as one process
+        assert rec["comm_bytes"]["admission_all_gather"] > 0 and max(rec["rank_share"]["examples"]) < rec["examples"]
 
 
 def test_stop_and_resume_on_the_same_ranks(tiny_data: dict, tmp_path: Path) -> None:
