@@ -739,6 +739,7 @@ class Trainer:
         if self.ring is None:  # this pass's own pull and push, not whatever the worker did meanwhile
             rec["host_cache"] = self._host_stats({}, overlap["host"])
             rec["ssd"] = overlap["ssd"]
+            rec["background"] = ["read", "plan", "pull", "push"]  # stages that ran beside training
         if self.ring is not None:  # this rank's collective buffers in this pass (every rank's are the same size)
             rec["comm_bytes"] = {k: v - comm_before.get(k, 0) for k, v in self.ring.bytes.items()}
         if plan.rejected:
