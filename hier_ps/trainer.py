@@ -528,6 +528,7 @@ class Trainer:
                 while item is not None:
                     times = {"read": item.seconds["read"], "plan": item.seconds["plan"], "wait": wait_s}
                     last = self._run_pass(item, times, bar, staged)
+                    staged = None  # its rows are on the device now: free the staging before the next is made
                     feeder.done()
                     if item.end_of_epoch:
                         self.epoch, self.pass_in_epoch = self.epoch + 1, 0
@@ -718,7 +719,7 @@ class Trainer:
         wall = waited + (t5 - t1)
         self.pass_index += 1
         self.examples_seen += len(chunk)
-        ssd = {k: v - ssd_before.get(k, 0) for k, v in self.store.stats.items() if isinstance(v, int | float)}
+        ssd = {k: v - ssd_before.get(k, 0) for k, v in dict(self.store.stats).items() if isinstance(v, int | float)}
         for n, n_new in owned_new.items():
             self.rows_total[n] += n_new
         rec = {
@@ -1149,6 +1150,7 @@ class Trainer:
                 self.host.flush()
                 self.store.commit()
         finally:
+            self.host.close()
             self.store.close()
             if self.ring is not None:
                 self.ring.close()

@@ -272,6 +272,10 @@ class HostCache:
                 self.stats["rows_written_back"] += len(slots)
                 s.dirty[slots] = False
 
+    def close(self) -> None:
+        """Stops the row mover's threads (the cache stays usable; a later move starts them again)."""
+        self.mover.close()
+
     def resident(self, table: str) -> int:
         """Rows of `table` held in RAM."""
         return self.t[table].resident
