@@ -196,8 +196,10 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=4096)
     p.add_argument("--dim", type=int, default=16)
     p.add_argument("--repeats", type=int, default=1)
+    p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
     args = p.parse_args()
-    torch.set_num_threads(max(torch.get_num_threads(), 1))
+    if args.threads:  # on a shared machine, 1 thread per side avoids OpenMP spinning against the other users
+        torch.set_num_threads(args.threads)
     runs: dict[str, list] = {"ours": [], "small": [], "pytorch": [], "fbgemm": []}
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "data"
