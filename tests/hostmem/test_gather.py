@@ -48,10 +48,12 @@ def test_big_moves_are_split_across_threads() -> None:
     assert all(a[1] == b[0] for a, b in itertools.pairwise(bounds))
 
     real_run = mover._run
+    barrier = threading.Barrier(3, timeout=10)
 
     def spy(fn, b):
         def wrapped(x: int, y: int) -> None:
             seen.add(threading.current_thread().name)
+            barrier.wait()  # breaks (times out) unless the three parts run at the same time
             fn(x, y)
 
         real_run(wrapped, b)
@@ -59,7 +61,7 @@ def test_big_moves_are_split_across_threads() -> None:
     mover._run = spy  # type: ignore[method-assign]
     idx = np.arange(300)[::-1].copy()
     np.testing.assert_array_equal(mover.gather(src, idx), src[idx])
-    assert len(seen) >= 2 and all(s.startswith("hier-ps-rows") for s in seen)
+    assert len(seen) == 3 and all(s.startswith("hier-ps-rows") for s in seen)
     assert len(RowMover(threads=3, min_rows=1000)._bounds(300)) == 1  # small moves: one call, no pool
     mover.close()
 
