@@ -2,9 +2,10 @@
 
 A :class:`PassFeeder` walks the training data pass after pass (epochs, the data cursor of a resumed run, the pass
 limit), and for each pass reads its examples, shuffles them if asked and plans them, one pass ahead of the trainer.
-At most one planned pass waits (so at most two passes are in memory: the one training and the next). Reading and
-planning touch no tier, so they cannot see a stale row; pull, load and push stay in the trainer's thread, in pass
-order. The admission sketch is updated by planning, in pass order as before; each item carries the sketch as it was
+At most one planned pass waits, or (``in_flight``) at most two passes are planned and not yet done: the one training
+and the next. Reading and planning touch no tier, so they cannot see a stale row; pull, load and push stay in pass
+order (in one process the trainer's stager pulls and pushes beside training: :mod:`hier_ps.stager`). The admission
+sketch is updated by planning, in pass order as before; each item carries the sketch as it was
 right after its own planning, which is what a checkpoint after that pass must save.
 
 Example:
@@ -71,6 +72,9 @@ class PassFeeder:
         pass_examples: examples per pass.
         max_passes: stop before this global pass index (None: no limit).
         prefetch: planned passes that may wait (1: two passes in flight with the one training).
+        in_flight: with a number, at most this many passes are planned and not yet :meth:`done` (the consumer
+            calls ``done()`` after each pass): a bound on memory for a consumer that takes passes early (the
+            trainer's stager pulls pass k+1 while pass k trains). None: only `prefetch` bounds the look-ahead.
     """
 
     chunks: Callable[[int], Iterator[Any]]
@@ -80,13 +84,26 @@ class PassFeeder:
     pass_examples: int
     max_passes: int | None
     prefetch: int = 1
+    in_flight: int | None = None
     _queue: queue.Queue = field(init=False)
+    _slots: threading.Semaphore | None = field(init=False, default=None)
     _stop: threading.Event = field(init=False)
     _thread: threading.Thread | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         self._queue = queue.Queue(maxsize=self.prefetch)
         self._stop = threading.Event()
+        if self.in_flight is not None:
+            self._slots = threading.Semaphore(self.in_flight)
+
+    def _acquire(self) -> bool:
+        """A slot for one more pass in flight (waits for ``done()``); False when stopped."""
+        if self._slots is None:
+            return True
+        while not self._stop.is_set():
+            if self._slots.acquire(timeout=0.1):
+                return True
+        return False
 
     def _put(self, item: object) -> bool:
         while not self._stop.is_set():
@@ -110,6 +127,8 @@ class PassFeeder:
                 chunk = next(it, None)
                 read_s = time.perf_counter() - t0
                 while chunk is not None and (self.max_passes is None or index < self.max_passes):
+                    if not self._acquire():
+                        return
                     t0 = time.perf_counter()
                     plan, extra = self.plan_fn(chunk, epoch, index)
                     plan_s = time.perf_counter() - t0
@@ -130,10 +149,21 @@ class PassFeeder:
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="hier-ps-feeder", daemon=True)
             self._thread.start()
-        item = self._queue.get()
+        while True:
+            try:
+                item = self._queue.get(timeout=0.1)
+                break
+            except queue.Empty:
+                if self._stop.is_set():  # closed: a consumer in another thread must not wait forever
+                    return None
         if isinstance(item, _Failure):
             raise item.error
         return item
+
+    def done(self) -> None:
+        """The consumer finished a pass: with `in_flight`, the feeder may plan one more."""
+        if self._slots is not None:
+            self._slots.release()
 
     def close(self) -> None:
         """Stops the thread (a pass it is planning is dropped)."""

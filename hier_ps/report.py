@@ -1,7 +1,8 @@
 """``hier-ps report RUN_DIR``: PNG plots of a run from its ``metrics.jsonl``.
 
 Three figures: ``quality.png`` (train loss and eval AUC per pass), ``stages.png`` (seconds per stage per pass, the
-trainer's own stages stacked, the background read + plan beside them, the exposed wait marked) and ``traffic.png``
+trainer's own stages stacked, the background ones (read + plan; pull + push where a record's ``background`` names
+them) beside them, the exposed wait marked) and ``traffic.png``
 (rows per tier per pass: host-cache hits and misses, rows read from and written to the SSD store, new keys).
 
 Example:
@@ -79,14 +80,17 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None) -> list
     fig, ax = plt.subplots(figsize=(9, 4.5))
     width = 0.4
     bottom = [0.0] * len(recs)
+    bg = [set(r.get("background", ("read", "plan"))) for r in recs]
     for stage in _MAIN_STAGES:
-        vals = [float(r["seconds"].get(stage, 0.0)) for r in recs]
+        vals = [0.0 if stage in b else float(r["seconds"].get(stage, 0.0)) for r, b in zip(recs, bg, strict=True)]
         if any(vals):
             ax.bar([p - width / 2 for p in passes], vals, width, bottom=bottom, label=stage)
             bottom = [b + v for b, v in zip(bottom, vals, strict=True)]
     bg_bottom = [0.0] * len(recs)
-    for stage, hatch in (("read", "//"), ("plan", "..")):
-        vals = [float(r["seconds"].get(stage, 0.0)) for r in recs]
+    for stage, hatch in (("read", "//"), ("plan", ".."), ("pull", "xx"), ("push", "\\\\")):
+        vals = [float(r["seconds"].get(stage, 0.0)) if stage in b else 0.0 for r, b in zip(recs, bg, strict=True)]
+        if stage in ("pull", "push") and not any(vals):
+            continue
         ax.bar(
             [p + width / 2 for p in passes], vals, width, bottom=bg_bottom, label=f"{stage} (background)",
             color="lightgray", edgecolor="gray", hatch=hatch,
@@ -94,7 +98,7 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None) -> list
         bg_bottom = [b + v for b, v in zip(bg_bottom, vals, strict=True)]
     ax.set_xlabel("pass")
     ax.set_ylabel("seconds")
-    ax.set_title("stages per pass: the trainer's (left, wait = exposed read + plan) and the background's (right)")
+    ax.set_title("stages per pass: the trainer's (left, wait = exposed background work) and the background's (right)")
     ax.legend(fontsize="small", ncol=2)
     files.append(_save(fig, out / "stages.png", plt))
 

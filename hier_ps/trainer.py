@@ -54,13 +54,14 @@ from hier_ps.ring.reshard import remove_other_worlds, reshard_into, store_dir_fo
 from hier_ps.ring.rowwise import fetch_rows, return_grads
 from hier_ps.ring.shard_plan import RankPlan, RowExchange, plan_rank_pass, rank_examples
 from hier_ps.ssd import SSDStore
-from hier_ps.ssd.table import in_sorted
+from hier_ps.stager import Staged, Stager, stage_rows
 
 __all__ = ["Trainer", "resolve_device"]
 
 log = logging.getLogger("hier_ps")
 
 STAGES = ("read", "plan", "pull", "load", "train", "push", "eval")
+_HOST_COUNTERS = ("hits", "misses", "evictions", "rows_written_back")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -93,6 +94,11 @@ def _is_comm_failure(e: BaseException) -> bool:
         return True
     msg = str(e).lower()
     return any(s in msg for s in ("connection closed", "connection reset", "timed out", "timeout", "broken pipe"))
+
+
+def _add(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """Counters of two jobs added key by key."""
+    return {k: a.get(k, 0) + b.get(k, 0) for k in {**a, **b}}
 
 
 def _occurrence_grads(pooled_grad: torch.Tensor, offsets: torch.Tensor, pooling: str) -> torch.Tensor:
@@ -172,6 +178,8 @@ class Trainer:
         self._owned_new: dict[str, int] = {}
         self._ws: WorkingSet | None = None  # one process: the last pass's rows, kept on the device for the next
         self._ws_dirty = False
+        self._ws_gen = 0  # bumped whenever _ws is replaced or dropped: staging names the set it was made against
+        self._stager: Stager | None = None  # one process, during fit: the worker that pulls and pushes
         self._admission_state: dict[str, torch.Tensor] | None = None  # the sketch as of the last pass trained
         self.host = HostCache(self.store, int(cfg.store.host_cache_bytes), cfg.store.host_cache_policy.value)
         self._closed = False
@@ -499,14 +507,30 @@ class Trainer:
                 cfg.train.epochs,
                 cfg.train.pass_examples,
                 limit,
+                in_flight=2 if self.ring is None else None,  # the one training and the one being staged
             )
+            # One process: pull and push run in the stager's worker while passes train (see hier_ps.stager).
+            stager = None
+            if self.ring is None:
+                stager = Stager(self.host, self.specs, cfg.run.seed, self.device, feeder.get)
+                self._stager = stager
+                stager.stage_next(self._ws_keys(), self._ws_gen)
+
+            def next_pass() -> tuple[PassItem | None, Staged | None]:
+                if stager is None:
+                    return feeder.get(), None
+                staged = stager.take_next()
+                return staged.item, staged
+
             try:
                 t0 = time.perf_counter()
-                item = feeder.get()
+                item, staged = next_pass()
                 wait_s = time.perf_counter() - t0
                 while item is not None:
                     times = {"read": item.seconds["read"], "plan": item.seconds["plan"], "wait": wait_s}
-                    last = self._run_pass(item, times, bar)
+                    last = self._run_pass(item, times, bar, staged)
+                    staged = None  # its rows are on the device now: free the staging before the next is made
+                    feeder.done()
                     if item.end_of_epoch:
                         self.epoch, self.pass_in_epoch = self.epoch + 1, 0
                     else:
@@ -519,9 +543,9 @@ class Trainer:
                         last.update(self._eval_record(self.evaluate()))
                         times["eval"] = time.perf_counter() - t0
                         self._log_eval(last)
-                    # The next pass has been read and planned meanwhile (or is being): is this one the last?
+                    # The next pass has been read, planned and pulled meanwhile (or is being): is this one the last?
                     t0 = time.perf_counter()
-                    nxt = feeder.get()
+                    nxt, staged = next_pass()
                     wait_s = time.perf_counter() - t0
                     final = nxt is None
                     ck_every = cfg.checkpoint.every_passes
@@ -539,7 +563,10 @@ class Trainer:
                         self._checkpoint(metrics_f)
                     item = nxt
             finally:
-                feeder.close()
+                feeder.close()  # first: a staging job waiting for the next pass then ends
+                if stager is not None:
+                    stager.close()
+                    self._stager = None
             bar.close()
             if self._checkpointed_pass != self.pass_index:
                 self._checkpoint(metrics_f)
@@ -635,7 +662,9 @@ class Trainer:
             )
         return plan, (self.admission.state_dict() if self.admission else None)
 
-    def _run_pass(self, item: PassItem, times: dict[str, float], bar: tqdm) -> dict[str, Any]:
+    def _run_pass(
+        self, item: PassItem, times: dict[str, float], bar: tqdm, staged: Staged | None = None
+    ) -> dict[str, Any]:
         cfg = self.cfg
         plan, epoch, n_examples = item.plan, item.epoch, item.plan.num_examples
         assert item.pass_index == self.pass_index, (item.pass_index, self.pass_index)
@@ -653,7 +682,8 @@ class Trainer:
             fetched = {n: (r, new_all[n]) for n, (r, _) in fetched.items()}
         elif self.ring is None:
             self._check_hbm_budget(plan.keys)
-            ws, fetched, pushed_departed = self._load_delta(plan)  # rows shared with the last pass stay put
+            # Rows shared with the last pass stay put; new rows come from staging; the next pass is staged.
+            ws, fetched, pushed_departed, overlap = self._load_delta(plan, staged)
             owned_new = {n: n_new for n, (_, n_new) in fetched.items()}
         else:
             fetched = self._fetch(plan.keys, for_training=True)
@@ -681,15 +711,31 @@ class Trainer:
                 t.meta[:, 1] = self.pass_index
             self._ws, self._ws_dirty = ws, True
             pushed = pushed_departed
+            t_push = time.perf_counter()
+            push_s, push_host, push_ssd = overlap["push"].result() if overlap["push"] is not None else (0.0, {}, {})
+            overlap["wait"] = time.perf_counter() - t_push  # the write-back was slower than training: exposed
+            overlap["push_s"], overlap["host"] = push_s, _add(overlap["host"], push_host)
+            overlap["ssd"] = _add(overlap["ssd"], push_ssd)
         del ws
         t5 = time.perf_counter()
+        waited = times["wait"]  # for read + plan (+ pull, in one process) of this pass, before it began
         times.update(pull=t2 - t1, load=t3 - t2, train=t4 - t3, push=t5 - t4)
+        if self.ring is None:
+            # pull and push ran in the stager's worker, beside training; the trainer's own parts are the wait for
+            # them (exposed), the assembly of the working set (load) and training.
+            times.update(
+                wait=times["wait"] + overlap["wait"],
+                pull=overlap["pull_s"],
+                load=t2 - t1,
+                train=t_push - t3,
+                push=overlap["push_s"],
+            )
         # The trainer's own time for this pass: waiting for read + plan (the exposed part of the background
         # stages), then pull, load, train, push.
-        wall = times["wait"] + (t5 - t1)
+        wall = waited + (t5 - t1)
         self.pass_index += 1
         self.examples_seen += n_examples
-        ssd = {k: v - ssd_before.get(k, 0) for k, v in self.store.stats.items() if isinstance(v, int | float)}
+        ssd = {k: v - ssd_before.get(k, 0) for k, v in dict(self.store.stats).items() if isinstance(v, int | float)}
         for n, n_new in owned_new.items():
             self.rows_total[n] += n_new
         rec = {
@@ -707,6 +753,10 @@ class Trainer:
             "host_cache": self._host_stats(host_before),
             "ssd": ssd,
         }
+        if self.ring is None:  # this pass's own pull and push, not whatever the worker did meanwhile
+            rec["host_cache"] = self._host_stats({}, overlap["host"])
+            rec["ssd"] = overlap["ssd"]
+            rec["background"] = ["read", "plan", "pull", "push"]  # stages that ran beside training
         if self.ring is not None:  # this rank's collective buffers in this pass, planning included
             rec["comm_bytes"] = {k: v - comm_before.get(k, 0) for k, v in self.ring.bytes.items()}
             rec["comm_bytes"].update(plan_comm)
@@ -728,64 +778,108 @@ class Trainer:
         )
         return rec
 
-    def _host_stats(self, before: dict[str, Any]) -> dict[str, Any]:
-        """This pass's host-cache counters (the cache's own are cumulative), its hit rate, and rows resident."""
+    def _host_stats(self, before: dict[str, Any], counts: dict[str, int] | None = None) -> dict[str, Any]:
+        """This pass's host-cache counters (the cache's own are cumulative, or `counts` when given), its hit rate,
+        and rows resident."""
         st = self.host.stats
         out = {k: st[k] - before.get(k, 0) for k in ("hits", "misses", "evictions", "rows_written_back") if k in st}
+        if counts is not None:
+            out = dict(counts)
         reads = out.get("hits", 0) + out.get("misses", 0)
         out["hit_rate"] = out.get("hits", 0) / reads if reads else 0.0
         if "resident_rows" in st:
             out["resident_rows"] = st["resident_rows"]
         return out
 
-    def _load_delta(self, plan: PassPlan) -> tuple[WorkingSet, dict[str, tuple[None, int]], int]:
-        """Pull + load with the working-set delta (one process): rows the last pass also held are taken from the
-        device as they are; its other rows are written back to the host tier; only new rows are pulled.
+    def _ws_keys(self) -> dict[str, np.ndarray] | None:
+        """Keys of the working set kept on the device since the last pass (None when there is none)."""
+        return {n: t.keys for n, t in self._ws.tables.items()} if self._ws is not None else None
+
+    def _load_delta(
+        self, plan: PassPlan, staged: Staged | None
+    ) -> tuple[WorkingSet, dict[str, tuple[None, int]], int, dict[str, Any]]:
+        """Load with the working-set delta (one process): rows the last pass also held are taken from the device as
+        they are; new rows come from `staged` (pulled by the stager while the last pass trained); the last pass's
+        other rows are queued for write-back, and then the next pass is queued for staging (in that order, so a key
+        that leaves and comes back is read after its write-back lands).
+
+        Staging made against another working set than the one kept (dropped by eviction meanwhile) is thrown away
+        and the rows are pulled here.
 
         Returns:
-            (the pass's working set, table -> (None, keys no tier had), bytes written back).
+            (the pass's working set, table -> (None, keys no tier had), bytes queued for write-back, overlap) where
+            overlap holds the pull's seconds and host/SSD counters and the push job's Future.
         """
         prev, self._ws = self._ws, None
-        tables, fetched, pushed = {}, {}, 0
+        overlap: dict[str, Any] = {"pull_s": 0.0, "host": {}, "ssd": {}, "push": None}
+        if staged is None or staged.base_gen != self._ws_gen:
+            if self._stager is not None:
+                self._stager.drain()  # the worker is idle: the tiers are this thread's
+            before = (dict(self.host.stats), dict(self.store.stats))
+            t0 = time.perf_counter()
+            base = {n: t.keys for n, t in prev.tables.items()} if prev is not None else None
+            stage, _ = stage_rows(self.host, self.specs, self.cfg.run.seed, plan.keys, base)
+            overlap["pull_s"] = time.perf_counter() - t0
+            overlap["host"] = {k: v - before[0].get(k, 0) for k, v in self.host.stats.items() if k in _HOST_COUNTERS}
+            overlap["ssd"] = {
+                k: v - before[1].get(k, 0) for k, v in self.store.stats.items() if isinstance(v, int | float)
+            }
+        else:
+            stage = staged.tables
+            overlap.update(pull_s=staged.pull_s, host=dict(staged.host), ssd=dict(staged.ssd))
+        tables, fetched, departed_rows, pushed = {}, {}, {}, 0
         for name, keys in plan.keys.items():
-            spec = self.specs[name]
+            spec, st = self.specs[name], stage[name]
             old = prev.tables.get(name) if prev is not None else None
-            n_old = len(old.keys) if old is not None else 0
-            shared = np.zeros(len(keys), bool)
-            src = np.zeros(0, np.int64)
-            if n_old:
-                pos, shared = in_sorted(old.keys, keys)
-                src = pos[shared]
-                departed = np.ones(n_old, bool)
-                departed[src] = False
+            if old is not None and len(old.keys) and self._ws_dirty:
+                # Rows the new pass does not hold go back to the host tier (unless a sync already wrote them).
+                departed = np.ones(len(old.keys), bool)
+                departed[st.src] = False
                 if departed.any():
-                    d = torch.from_numpy(np.flatnonzero(departed)).to(self.device)
-                    rows = spec.layout.pack(old.emb[d].cpu().numpy(), old.state[d].cpu().numpy(), old.meta[departed])
-                    self.host.write(name, old.keys[departed], rows)
+                    d = torch.from_numpy(np.flatnonzero(departed)).to(old.emb.device)
+                    rows = spec.layout.pack(
+                        old.emb.index_select(0, d).cpu().numpy(),
+                        old.state.index_select(0, d).cpu().numpy(),
+                        old.meta[departed],
+                    )
+                    departed_rows[name] = (old.keys[departed], rows)
                     pushed += rows.nbytes
-            new = np.flatnonzero(~shared)
-            new_rows, n_new = WorkingSet.fetch(self.host, {name: spec}, {name: keys[new]}, self.cfg.run.seed)[name]
-            emb_new, state_new, meta_new = spec.layout.unpack(new_rows)
             extra = 1 if name in plan.rejected else 0  # the null row
-            emb = torch.zeros(len(keys) + extra, spec.dim, device=self.device)
-            state = torch.zeros(len(keys) + extra, spec.layout.state, device=self.device)
+            n = len(keys) + extra
+            emb = torch.empty(n, spec.dim, device=self.device)
+            state = torch.empty(n, spec.layout.state, device=self.device)
             meta = np.empty((len(keys), 2), np.int64)
-            at_new = torch.from_numpy(new).to(self.device)
-            emb[at_new] = torch.from_numpy(emb_new).to(self.device)
-            state[at_new] = torch.from_numpy(state_new).to(self.device)
-            meta[new] = meta_new
-            if len(src):
-                at_shared = torch.from_numpy(np.flatnonzero(shared)).to(self.device)
-                s_idx = torch.from_numpy(src).to(self.device)
-                emb[at_shared], state[at_shared] = old.emb[s_idx], old.state[s_idx]
-                meta[shared] = old.meta[src]
+            if len(st.new):
+                at_new = torch.from_numpy(st.new).to(self.device)
+                emb.index_copy_(0, at_new, st.emb.to(self.device, non_blocking=True))
+                state.index_copy_(0, at_new, st.state.to(self.device, non_blocking=True))
+                meta[st.new] = st.meta
+            if len(st.src):
+                at_shared = torch.from_numpy(np.flatnonzero(st.shared)).to(self.device)
+                s_idx = torch.from_numpy(st.src).to(self.device)
+                emb.index_copy_(0, at_shared, old.emb.index_select(0, s_idx))
+                state.index_copy_(0, at_shared, old.state.index_select(0, s_idx))
+                meta[st.shared] = old.meta[st.src]
+            if extra:
+                emb[-1], state[-1] = 0.0, 0.0
             tables[name] = WorkingSetTable(spec, keys, emb, state, meta)
-            fetched[name] = (None, n_new)
-        return WorkingSet(tables), fetched, pushed
+            fetched[name] = (None, st.n_new)
+        del prev
+        self._ws_gen += 1  # a new working set: the next pass is staged against it
+        if self._stager is not None:
+            if departed_rows:
+                overlap["push"] = self._stager.push(departed_rows)
+            self._stager.stage_next(plan.keys, self._ws_gen)
+        return WorkingSet(tables), fetched, pushed, overlap
 
     def _sync_rows(self, drop: bool = False) -> None:
         """Writes the rows kept on the device since the last pass to the host tier (before eval, a checkpoint,
-        eviction or lookups read the tiers); with `drop`, forgets them (the next pass pulls everything)."""
+        eviction or lookups read the tiers); with `drop`, forgets them (the next pass pulls everything).
+
+        Waits first for the stager's queued pulls and pushes: the tiers are then this thread's alone.
+        """
+        if self._stager is not None:
+            self._stager.drain()
         ws = self._ws
         if ws is not None and self._ws_dirty:
             for name, t in ws.tables.items():
@@ -793,6 +887,7 @@ class Trainer:
             self._ws_dirty = False
         if drop:
             self._ws = None
+            self._ws_gen += 1  # staging against the dropped set is void
 
     def _check_hbm_budget(self, keys: dict[str, np.ndarray]) -> None:
         need = sum(len(k) * (self.specs[n].dim + self.specs[n].layout.state) * 4 for n, k in keys.items())
@@ -1067,6 +1162,7 @@ class Trainer:
                 self.host.flush()
                 self.store.commit()
         finally:
+            self.host.close()
             self.store.close()
             if self.ring is not None:
                 self.ring.close()

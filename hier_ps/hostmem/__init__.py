@@ -1,4 +1,4 @@
-"""Host-RAM tier: a bounded write-back LRU cache of rows over the SSD tier."""
+"""Host-RAM tier: a bounded write-back cache of rows (LRU or LFU) over the SSD tier, and its row mover."""
 
 from hier_ps.hostmem.cache import HostCache
 

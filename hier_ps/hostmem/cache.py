@@ -8,7 +8,9 @@ in the index: 22 bytes of bookkeeping per row in all, 26% of an 84-byte row (dim
 
 Every operation is vectorized over its batch. Evictions choose with ``np.argpartition`` — least recently used
 (``lru``), or least frequently used with the least recent first among equals (``lfu``: reads and writes while
-resident count as uses) — and write dirty victims back to the backing tier in one batched call.
+resident count as uses) — and write dirty victims back to the backing tier in one batched call. Rows move in and out
+of the cache arrays through :class:`hier_ps.hostmem.gather.RowMover` (torch gathers and scatters that release the
+GIL, split across a few threads).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from hier_ps.hostmem.gather import RowMover
 from hier_ps.tier import RowTier
 
 __all__ = ["HostCache"]
@@ -82,6 +85,7 @@ class HostCache:
         capacity_bytes: budget for cached rows over all tables; 0 makes the cache a pass-through. Each table gets
             ``capacity_bytes // sum(4 * width)`` rows, so that every table can hold the same number of rows.
         policy: ``lru`` or ``lfu`` (see the module docstring).
+        threads: threads that move rows (None: the usable cores, at most 4).
 
     Attributes:
         stats: ``hits``, ``misses`` (keys of reads), ``evictions``, ``rows_written_back`` (evicted or flushed dirty
@@ -94,12 +98,13 @@ class HostCache:
         >>> cache.flush(); store.commit()
     """
 
-    def __init__(self, backing: RowTier, capacity_bytes: int, policy: str = "lru") -> None:
+    def __init__(self, backing: RowTier, capacity_bytes: int, policy: str = "lru", threads: int | None = None) -> None:
         if capacity_bytes < 0:
             raise ValueError(f"capacity_bytes must be >= 0, got {capacity_bytes}")
         if policy not in ("lru", "lfu"):
             raise ValueError(f"policy must be lru or lfu, got {policy!r}")
         self.policy = policy
+        self.mover = RowMover(threads)
         self.backing = backing
         self.capacity_bytes = capacity_bytes
         widths = backing.widths()
@@ -152,7 +157,7 @@ class HostCache:
             victims = occ[pos].astype(np.int64)
             dirty = s.dirty[victims]
             if dirty.any():
-                self.backing.write(name, s.ikeys[pos[dirty]], s.rows[victims[dirty]])
+                self.backing.write(name, s.ikeys[pos[dirty]], self.mover.gather(s.rows, victims[dirty]))
                 self.stats["rows_written_back"] += int(dirty.sum())
             s.used[victims] = False
             s.dirty[victims] = False
@@ -167,7 +172,7 @@ class HostCache:
         """Makes keys (not resident, unique, len <= cap) resident."""
         s = self.t[name]
         slots = self._free_slots(name, len(keys))
-        s.rows[slots] = rows
+        self.mover.scatter(s.rows, slots, rows)
         s.used[slots], s.dirty[slots], s.last_use[slots] = True, dirty, clock
         s.uses[slots] = 1
         s.index_add(keys, slots)
@@ -188,14 +193,18 @@ class HostCache:
         slots = s.lookup(keys)
         hit = slots >= 0
         rows = np.empty((len(keys), s.width), np.float32)
-        rows[hit] = s.rows[slots[hit]]
+        at_hit = np.flatnonzero(hit)
+        if len(at_hit) == len(keys):
+            self.mover.gather(s.rows, slots, out=rows)
+        elif len(at_hit):
+            self.mover.scatter(rows, at_hit, self.mover.gather(s.rows, slots[at_hit]))
         s.last_use[slots[hit]] = clock
         s.uses[slots[hit]] += 1
         found = hit.copy()
         miss = np.flatnonzero(~hit)
         if len(miss):
             mrows, mfound = self.backing.read(table, keys[miss])
-            rows[miss] = mrows
+            self.mover.scatter(rows, miss, mrows)
             found[miss] = mfound
             fetched = miss[mfound]
             if s.cap and len(fetched):
@@ -222,7 +231,11 @@ class HostCache:
         clock = self._tick()
         slots = s.lookup(keys)
         hit = slots >= 0
-        s.rows[slots[hit]] = rows[hit]
+        at_hit = np.flatnonzero(hit)
+        if len(at_hit) == len(keys):
+            self.mover.scatter(s.rows, slots, rows)
+        elif len(at_hit):
+            self.mover.scatter(s.rows, slots[at_hit], self.mover.gather(np.ascontiguousarray(rows), at_hit))
         s.dirty[slots[hit]] = True
         s.last_use[slots[hit]] = clock
         s.uses[slots[hit]] += 1
@@ -255,9 +268,13 @@ class HostCache:
             d = s.dirty[s.islots]  # resident rows, in key order
             if d.any():
                 slots = s.islots[d].astype(np.int64)
-                self.backing.write(name, s.ikeys[d], s.rows[slots])
+                self.backing.write(name, s.ikeys[d], self.mover.gather(s.rows, slots))
                 self.stats["rows_written_back"] += len(slots)
                 s.dirty[slots] = False
+
+    def close(self) -> None:
+        """Stops the row mover's threads (the cache stays usable; a later move starts them again)."""
+        self.mover.close()
 
     def resident(self, table: str) -> int:
         """Rows of `table` held in RAM."""

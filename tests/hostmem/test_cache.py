@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hier_ps.hostmem import HostCache
+from hier_ps.hostmem.gather import RowMover
 from hier_ps.ssd import SSDStore
 from hier_ps.tier import RowTier
 
@@ -55,12 +56,14 @@ ops = st.lists(
 
 
 @settings(max_examples=80, deadline=None)
-@given(ops=ops, cap_rows=st.integers(0, 12), policy=st.sampled_from(["lru", "lfu"]))
-def test_matches_dict_model(ops: list, cap_rows: int, policy: str) -> None:
+@given(ops=ops, cap_rows=st.integers(0, 12), policy=st.sampled_from(["lru", "lfu"]), split=st.booleans())
+def test_matches_dict_model(ops: list, cap_rows: int, policy: str, split: bool) -> None:
     widths = {"a": 3, "b": 1}
     backing = DictTier(widths)
     capacity = cap_rows * 4 * (3 + 1)
     cache = HostCache(backing, capacity, policy)
+    if split:  # every row move split across 3 threads, however small
+        cache.mover = RowMover(threads=3, min_rows=1)
     model = {"a": {}, "b": {}}
     for op, t, keys, val in ops:
         k = np.array(keys, np.uint64)
