@@ -40,8 +40,8 @@ from pathlib import Path
 import numpy as np
 
 from hier_ps.errors import StoreError, StoreLockedError
-from hier_ps.ssd.files import WriteHook, atomic_write, fsync_dir
-from hier_ps.ssd.table import DataFile, KeyIndex
+from hier_ps.ssd.files import WriteHook, atomic_write, fsync_dir, write_new
+from hier_ps.ssd.table import DataFile, KeyIndex, is_sorted
 
 __all__ = ["SSDStore"]
 
@@ -76,7 +76,8 @@ class _Table:
         self.base = entry["base"] if entry else None
         self.deltas: list[dict] = list(entry["deltas"]) if entry else []
         self.committed = entry["rows"] if entry else 0
-        self.touched: list[np.ndarray] = []
+        # What changed since the last commit, in order: (keys, their new slots) of a write, (keys, None) of a delete.
+        self.touched: list[tuple[np.ndarray, np.ndarray | None]] = []
         self.index = KeyIndex()
         if self.base:
             k, s = store.read_index(self.base)
@@ -169,6 +170,7 @@ class SSDStore:
         self._failed: str | None = None
         self._read_threads = read_threads if read_threads is not None else min(8, os.cpu_count() or 1)
         self._pool: ThreadPoolExecutor | None = None
+        self._hpool: ThreadPoolExecutor | None = None
         try:
             self._open(widths, generation)
         except BaseException:
@@ -358,7 +360,7 @@ class SSDStore:
             raise
         with self._mutex:
             t.index.put(keys, slots)
-            t.touched.append(keys)
+            t.touched.append((keys, slots))
         self.stats["rows_written"] += len(keys)
         self.stats["bytes_written"] += len(keys) * t.f.row_bytes
 
@@ -369,11 +371,14 @@ class SSDStore:
         keys = np.asarray(keys, np.uint64)
         with self._mutex:
             t.index.remove(keys)
-            t.touched.append(keys)
+            t.touched.append((keys, None))
 
     # ------------------------------------------------------------------ durability
     def commit(self) -> int:
         """Makes every write and delete since the last commit durable, all together.
+
+        The new rows are fsynced (most of their write-back to the disk has already been started by
+        :meth:`write`) while a helper thread writes and fsyncs the index deltas; the manifest comes last.
 
         Returns:
             The new generation.
@@ -382,20 +387,20 @@ class SSDStore:
         gen = self.generation + 1
         entries = dict(self._entries)
         try:
+            files: list[tuple[Path, bytes]] = []
             for name, t in self.tables.items():
-                os.fsync(t.f.fd)  # rows before the manifest that points at them
                 deltas, base = list(t.deltas), t.base
                 if t.touched and len(deltas) >= _MAX_DELTAS:  # fold: opening then replays at most _MAX_DELTAS
-                    base, deltas = self._write_base(name, gen, t.index.keys, t.index.slots.view(np.uint64)), []
+                    index = np.concatenate([t.index.keys, t.index.slots.view(np.uint64)]).tobytes()
+                    base, deltas = {"file": f"{_safe(name)}.base.{gen:010d}.bin", "crc32": zlib.crc32(index)}, []
+                    files.append((self.dir / base["file"], index))
                 elif t.touched:
-                    touched = np.unique(np.concatenate(t.touched))
-                    slots, live = t.index.lookup(touched)
-                    put_k, put_s, dels = touched[live], slots[live], touched[~live]
+                    put_k, put_s, dels = self._changes(t)
                     data = np.concatenate(
                         [np.array([len(put_k), len(dels)], np.uint64), put_k, put_s.view(np.uint64), dels]
                     ).tobytes()
                     file = f"{_safe(name)}.delta.{gen:010d}.bin"
-                    atomic_write(self.dir / file, data, self.write_hook)
+                    files.append((self.dir / file, data))
                     deltas.append({"file": file, "crc32": zlib.crc32(data), "puts": len(put_k), "dels": len(dels)})
                 entries[name] = {
                     "width": t.width,
@@ -405,7 +410,13 @@ class SSDStore:
                     "deltas": deltas,
                     "live": len(t.index),
                 }
-            fsync_dir(self.dir)
+            index_files = self._helper().submit(self._write_index_files, files)
+            try:
+                for t in self.tables.values():
+                    t.f.sync()  # rows before the manifest that points at them
+            finally:
+                index_files.exception()  # never leave the helper writing behind a failure
+            index_files.result()
             manifest = {"format": FORMAT, "generation": gen, "tables": entries}
             atomic_write(self.dir / _manifest_name(gen), json.dumps(manifest, indent=1).encode(), self.write_hook)
             fsync_dir(self.dir)
@@ -418,6 +429,30 @@ class SSDStore:
         self.generation, self._entries = gen, entries
         self.stats["commits"] += 1
         return gen
+
+    @staticmethod
+    def _changes(t: _Table) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """What a commit's delta records for a table -> (put keys uint64, their slots int64, deleted keys uint64)."""
+        if len(t.touched) == 1 and t.touched[0][1] is not None and is_sorted(t.touched[0][0]):
+            keys, slots = t.touched[0]  # one write-back in key order, the common case: it is the delta
+            return keys, slots, np.zeros(0, np.uint64)
+        touched = np.unique(np.concatenate([k for k, _ in t.touched]))
+        slots, live = t.index.lookup(touched)
+        return touched[live], slots[live], touched[~live]
+
+    def _write_index_files(self, files: list[tuple[Path, bytes]]) -> None:
+        """Writes and fsyncs new index files, then the directory, so that they are durable before the manifest."""
+        for path, data in files:
+            write_new(path, data, self.write_hook)
+        if files:
+            fsync_dir(self.dir)
+
+    def _helper(self) -> ThreadPoolExecutor:
+        """A thread beside the caller's, for work that overlaps the caller's fsyncs."""
+        with self._mutex:
+            if self._hpool is None:
+                self._hpool = ThreadPoolExecutor(1, thread_name_prefix="ssd-helper")
+            return self._hpool
 
     def _write_base(self, table: str, gen: int, keys: np.ndarray, slots: np.ndarray) -> dict:
         """Writes a full index file (uint64 keys[m], then slots[m]) -> its manifest entry."""
@@ -500,6 +535,14 @@ class SSDStore:
         """Rows on disk, live or stale."""
         return sum(t.f.n_slots for t in self.tables.values())
 
+    def drop_cache(self) -> None:
+        """Drops the committed rows of every table from the page cache, so that the next read is cold (benchmarks).
+
+        Only clean pages can be dropped: rows written since the last commit may stay cached.
+        """
+        for t in self.tables.values():
+            t.f.drop_cache()
+
     @staticmethod
     def destroy(directory: str | Path) -> None:
         """Deletes the store at `directory`, refusing while another process has it open.
@@ -524,9 +567,10 @@ class SSDStore:
 
     def close(self) -> None:
         """Closes files and releases the lock (does not commit: uncommitted writes are dropped at the next open)."""
-        if self._pool is not None:
-            self._pool.shutdown()
-            self._pool = None
+        for pool in (self._pool, self._hpool):
+            if pool is not None:
+                pool.shutdown()
+        self._pool = self._hpool = None
         for t in self.tables.values():
             t.close()
         self.tables = {}

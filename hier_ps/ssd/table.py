@@ -27,22 +27,23 @@ import mmap
 import os
 import threading
 from collections.abc import Callable
-from concurrent.futures import Executor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
 from hier_ps.errors import StoreError
-from hier_ps.ssd.files import WriteHook, row_checksums, write_at
+from hier_ps.ssd.files import WriteHook, call_hook, row_checksums, start_writeback, write_at
 
-__all__ = ["DataFile", "KeyIndex", "in_sorted", "sorted_lookup"]
+__all__ = ["DataFile", "KeyIndex", "in_sorted", "is_sorted", "sorted_lookup"]
 
 #: Reads are planned per window of this many bytes of the data file.
 WINDOW_BYTES = 8 << 20
 _PAGE = 4096
 _DENSE_PAGE_SHARE = 1 / 8
-_MAP_CHUNKS = 16  # rows read through the map are split into this many jobs at most (I/Os in flight with a pool)
-_MAP_MIN_ROWS = 512  # ... of at least this many rows each
+#: Appends are packed and written in chunks of this many bytes (two buffers: one packed while the other is written).
+WRITE_CHUNK_BYTES = 8 << 20
+_CHUNK_ROWS = 32768  # rows per job of a gather from the map and of a checksum check (~9 MiB at dim 64: fits L3)
 _SAMPLE = 64  # rows probed for page-cache residency before planning a read
 
 
@@ -56,6 +57,11 @@ def _mincore() -> Callable[[int, int, int], int] | None:
     fn.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
     fn.restype = ctypes.c_int
     return fn
+
+
+def is_sorted(keys: np.ndarray) -> bool:
+    """Whether `keys` (uint64[n]) strictly increase (one vectorized pass, no sort)."""
+    return bool(len(keys) < 2 or (keys[1:] > keys[:-1]).all())
 
 
 def in_sorted(index_keys: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -82,8 +88,11 @@ def sorted_lookup(index_keys: np.ndarray, index_slots: np.ndarray, keys: np.ndar
         sequence, ``pos`` is its insertion point in the index, ``found`` whether it is there and ``slots`` its slot
         (meaningless where not found).
     """
-    order = np.argsort(keys)  # keys are unique: any sort is stable
-    sk = keys[order]
+    if is_sorted(keys):  # a pass plan's and a write-back's keys already are: skip the sort
+        order, sk = np.arange(len(keys)), keys
+    else:
+        order = np.argsort(keys)  # keys are unique: any sort is stable
+        sk = keys[order]
     pos = np.searchsorted(index_keys, sk)
     clipped, found = in_sorted(index_keys, sk)
     slots = index_slots[clipped] if len(index_keys) else np.zeros(len(keys), np.int64)
@@ -167,28 +176,75 @@ class DataFile:
         if size > need and not readonly:
             os.ftruncate(self.fd, need)  # rows appended after that commit
         self.n_slots = committed_rows
-        self._map: np.ndarray | None = None
+        self._map: dict[int, np.ndarray] | None = None  # madvise advice -> a map of the file
         self._local = threading.local()
+        self._wbufs: list[np.ndarray] | None = None  # two packing buffers of append, reused
+        self._wpool: ThreadPoolExecutor | None = None
 
     def append(self, rows: np.ndarray, hook: WriteHook | None = None) -> np.ndarray:
         """Appends rows float32[n, width] with their checksums -> their slots int64[n] (not yet indexed).
 
-        `hook` is called before the write (fault injection in tests).
+        The rows are packed (checksum added) chunk by chunk while a writer thread writes the previous chunk and
+        starts its write-back to the disk (``sync_file_range``), so packing, copying into the page cache and the
+        disk's work overlap and the commit's fsync finds little left to do. `hook` is called once, before anything
+        is written (fault injection in tests).
+
+        Raises:
+            StoreError: a write failed (disk full, ...), naming the file; the rows are not appended.
         """
-        packed = np.empty((len(rows), self.width + 1), np.float32)
-        packed[:, : self.width] = rows
-        packed[:, self.width] = row_checksums(packed[:, : self.width]).view(np.float32)
-        write_at(self.fd, self.path, packed.reshape(-1).view(np.uint8), self.n_slots * self.row_bytes, hook)
-        slots = np.arange(self.n_slots, self.n_slots + len(rows), dtype=np.int64)
-        self.n_slots += len(rows)
+        n, w, rb = len(rows), self.width, self.row_bytes
+        call_hook(hook, self.path, n * rb)
+        step = max(1, WRITE_CHUNK_BYTES // rb)
+        if self._wbufs is None or len(self._wbufs[0]) < min(step, n):
+            self._wbufs = [np.empty((min(step, max(n, 1)), w + 1), np.float32) for _ in range(2)]
+        writer = self._writer() if n > step else None
+        pending: list[Future | None] = [None, None]
+        try:
+            for i, a in enumerate(range(0, n, step)):
+                b = min(a + step, n)
+                if pending[i % 2] is not None:
+                    pending[i % 2].result()  # its buffer is free again
+                packed = self._wbufs[i % 2][: b - a]
+                packed[:, :w] = rows[a:b]
+                packed[:, w] = row_checksums(packed[:, :w]).view(np.float32)
+                off = (self.n_slots + a) * rb
+                if writer is None:
+                    self._write_chunk(packed, off)
+                else:
+                    pending[i % 2] = writer.submit(self._write_chunk, packed, off)
+        finally:
+            for f in pending:  # wait for every write, failed or not, before returning or raising
+                if f is not None:
+                    f.exception()
+        for f in pending:
+            if f is not None:
+                f.result()
+        slots = np.arange(self.n_slots, self.n_slots + n, dtype=np.int64)
+        self.n_slots += n
         return slots
+
+    def _write_chunk(self, packed: np.ndarray, offset: int) -> None:
+        """pwrite of packed records at `offset`, then their write-back to the disk is started (not waited for)."""
+        data = packed.reshape(-1).view(np.uint8)
+        write_at(self.fd, self.path, data, offset, None)
+        start_writeback(self.fd, offset, len(data))
+
+    def _writer(self) -> ThreadPoolExecutor:
+        if self._wpool is None:
+            self._wpool = ThreadPoolExecutor(1, thread_name_prefix="ssd-write")
+        return self._wpool
+
+    def sync(self) -> None:
+        """Makes the appended records durable (fdatasync: the file's size is flushed with its data)."""
+        os.fdatasync(self.fd)
 
     def gather(self, slots: np.ndarray, pool: Executor | None = None) -> np.ndarray:
         """Reads the records at `slots` (int64[m], any order) -> rows float32[m, width] in that order.
 
         Windows of the file worth one sequential read (dense, not in the page cache) are read whole, in slot order;
-        every other row is copied from the memory map (see the module docstring). With a `pool`, windows and chunks
-        of rows are read by its threads, which keeps several I/Os in flight. Every checksum is verified.
+        every other row is copied from a memory map (see the module docstring). With a `pool`, chunks of rows and
+        windows are read, and checksums verified, by its threads, which keeps several I/Os in flight and both cores
+        busy. Every checksum is verified.
 
         The result is a view of a float32[m, width + 1] buffer (records with their checksums): its rows are
         ``4 * (width + 1)`` bytes apart, which saves a copy of every row.
@@ -199,60 +255,83 @@ class DataFile:
         w = self.width
         if not len(slots):
             return np.zeros((0, w), np.float32)
+        raw = np.empty((len(slots), w + 1), np.float32)
         view = self._view()
-        # A sample of rows first: a batch whose pages are all cached is copied from the map in one gather, in the
-        # calling thread (threads would only contend for the memory bus).
+        # A sample of rows first: a batch whose pages are all cached is copied from the map, chunk by chunk, each
+        # chunk's checksums verified while it is still in the CPU cache.
         sample = slots[np.linspace(0, len(slots) - 1, min(len(slots), _SAMPLE), dtype=np.int64)].tolist()
         if self._probe(view, sample) is True:
-            raw = view[slots]
+            cached = self._view(mmap.MADV_NORMAL)
+
+            def chunk(a: int) -> None:
+                b = a + _CHUNK_ROWS
+                raw[a:b] = cached[slots[a:b]]
+                self._verify(raw[a:b], slots[a:b])
+
+            self._run(pool, [(chunk, (a,)) for a in range(0, len(slots), _CHUNK_ROWS)])
+            return raw[:, :w]
+        order, spans, by_map = self._plan(view, slots)
+        maps = {adv: self._view(adv) for adv in by_map}
+
+        def from_map(adv: int, pos: np.ndarray) -> None:
+            raw[pos] = maps[adv][slots[pos]]  # a copy if cached; else a fault per page (MADV_RANDOM: no read-around)
+
+        jobs = [(self._read_span, (order[idx], slots, raw)) for idx in spans]
+        for adv, parts in by_map.items():
+            # In the caller's order: consecutive rows of `raw` are written one after the other.
+            mapped = np.sort(order[np.concatenate(parts)]) if parts else np.zeros(0, np.int64)
+            # Scattered rows that are not cached cost a page read each: at least 16 jobs keep I/Os in flight.
+            step = _CHUNK_ROWS if adv == mmap.MADV_NORMAL else min(_CHUNK_ROWS, max(512, -(-len(mapped) // 16)))
+            jobs += [(from_map, (adv, mapped[a : a + step])) for a in range(0, len(mapped), step)]
+        self._run(pool, jobs)
+        c = _CHUNK_ROWS
+        self._run(pool, [(self._verify, (raw[a : a + c], slots[a : a + c])) for a in range(0, len(slots), c)])
+        return raw[:, :w]
+
+    @staticmethod
+    def _run(pool: Executor | None, jobs: list[tuple[Callable, tuple]]) -> None:
+        """Runs (fn, args) jobs, on the pool's threads when there is a pool and more than one job."""
+        if pool is None or len(jobs) == 1:
+            for fn, args in jobs:
+                fn(*args)
         else:
-            raw = np.empty((len(slots), w + 1), np.float32)
-            order, spans, by_map = self._plan(view, slots)
-            # Through the map in the caller's order: consecutive rows of `raw` are written one after the other.
-            mapped = np.sort(order[np.concatenate(by_map)])
-            n_chunks = max(1, min(_MAP_CHUNKS, len(mapped) // _MAP_MIN_ROWS)) if pool is not None else 1
+            for f in [pool.submit(fn, *args) for fn, args in jobs]:
+                f.result()
 
-            def from_map(pos: np.ndarray) -> None:
-                raw[pos] = view[slots[pos]]  # a copy if cached; else a fault per page (MADV_RANDOM: no read-around)
-
-            jobs = [(self._read_span, (order[idx], slots, raw)) for idx in spans]
-            jobs += [(from_map, (c,)) for c in np.array_split(mapped, n_chunks) if len(c)]
-            if pool is None or len(jobs) == 1:
-                for fn, args in jobs:
-                    fn(*args)
-            else:
-                for f in [pool.submit(fn, *args) for fn, args in jobs]:
-                    f.result()
+    def _verify(self, raw: np.ndarray, slots: np.ndarray) -> None:
+        """Checks the records raw float32[k, width + 1] read from `slots` int64[k] against their checksums."""
+        w = self.width
         bad = row_checksums(raw[:, :w]) != raw[:, w].view(np.uint32)
         if bad.any():
             raise StoreError(f"{self.path}: checksum mismatch in row {int(slots[np.argmax(bad)])} (corrupt data file)")
-        return raw[:, :w]
 
-    def _plan(self, view: np.ndarray, slots: np.ndarray) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray]]:
+    def _plan(self, view: np.ndarray, slots: np.ndarray) -> tuple[np.ndarray, list[np.ndarray], dict[int, list]]:
         """Decides how to read each record -> (order, spans, mapped).
 
         ``order`` sorts `slots`; ``spans`` are lists of positions in that sorted order to read with one preadv each,
-        ``mapped`` the sorted positions to copy from the map. Scattered rows go through the map whatever their
-        state (a fault per page when not cached). A window dense enough for one sequential read gets it only for
-        its rows not already in the page cache, and only while those are still dense enough: reading cached pages
-        again would be a wasted copy.
+        ``mapped`` maps an madvise advice to the sorted positions to copy from a map with that advice. Scattered
+        rows go through the ``MADV_RANDOM`` map whatever their state (a fault per page when not cached, without
+        read-around). Cached rows of dense windows go through an ``MADV_NORMAL`` map, whose faults map the cached
+        pages around them too. A window dense enough for one sequential read gets it only for its rows not already
+        in the page cache, and only while those are still dense enough: reading cached pages again would be a
+        wasted copy.
         """
         order = np.argsort(slots)
         ss = slots[order]
         dense = self._dense_windows(ss)
         spans: list[np.ndarray] = []
-        mapped = [np.flatnonzero(~dense)]
+        scattered, cached_rows = [np.flatnonzero(~dense)], []
         for idx in self._windows(ss, np.flatnonzero(dense)):
             # A few rows' pages first (page-cache state comes in large runs); the whole window only when mixed.
             probe = self._probe(view, ss[idx[np.linspace(0, len(idx) - 1, 4, dtype=np.int64)]].tolist())
             cached = np.full(len(idx), probe) if probe is not None else self._resident(view, ss[idx])
             cold = idx[~cached]
-            mapped.append(idx[cached])
+            cached_rows.append(idx[cached])
             if len(cold) and self._dense_windows(ss[cold])[0]:
                 spans.append(cold)
             else:
-                mapped.append(cold)
-        return order, spans, mapped
+                scattered.append(cold)
+        return order, spans, {mmap.MADV_RANDOM: scattered, mmap.MADV_NORMAL: cached_rows}
 
     def _windows(self, ss: np.ndarray, idx: np.ndarray) -> list[np.ndarray]:
         """Splits `idx` (positions in the sorted slots `ss`, ascending) by the window of ss[idx]."""
@@ -320,17 +399,27 @@ class DataFile:
         vec &= 1
         return (vec[first - p0] & vec[last - p0]).astype(bool)
 
-    def _view(self) -> np.ndarray:
-        """float32[n_slots, width + 1] over a read-only map of the file, remapped when the file has grown."""
-        view, n = self._map, self.n_slots  # read once: a write in another thread may append meanwhile
+    def _view(self, advice: int = mmap.MADV_RANDOM) -> np.ndarray:
+        """float32[n_slots, width + 1] over a read-only map of the file with this madvise advice, remapped when the
+        file has grown."""
+        maps = self._map if self._map is not None else {}
+        view, n = maps.get(advice), self.n_slots  # n read once: a write in another thread may append meanwhile
         if view is None or view.shape[0] < n:
             mm = mmap.mmap(self.fd, n * self.row_bytes, prot=mmap.PROT_READ)
-            mm.madvise(mmap.MADV_RANDOM)  # no read-around: scattered rows would pull in 32x the bytes they need
+            mm.madvise(advice)
             view = np.frombuffer(mm, np.float32).reshape(n, self.width + 1)
-            self._map = view
+            self._map = {**maps, advice: view}  # a new dict: a reader in another thread keeps the one it took
         return view
+
+    def drop_cache(self) -> None:
+        """Unmaps the file and asks the kernel to drop its clean pages from the page cache (for cold reads)."""
+        self._map = None  # mapped pages cannot be dropped
+        os.posix_fadvise(self.fd, 0, 0, os.POSIX_FADV_DONTNEED)
 
     def close(self) -> None:
         """Closes the data file."""
         self._map = None
+        if self._wpool is not None:
+            self._wpool.shutdown()
+            self._wpool = None
         os.close(self.fd)
