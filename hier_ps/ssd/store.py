@@ -5,16 +5,17 @@ Layout of a store directory::
     LOCK                         flock'ed while a process has the store open for writing
     manifest.<gen>.json          one per commit, written last (temp + fsync + rename + fsync dir): per table its
                                  width, data file, committed row count, base index and the list of index deltas
-    <table>.<epoch>.rows         append-only rows: width float32 + one uint32 checksum each; never overwritten
+    <table>.<epoch>.rows         append-only rows: width float32 each; never overwritten
+    <table>.<epoch>.sums         one uint32 checksum per row of the .rows file beside it
     <table>.base.<gen>.bin       full key index (compaction, or a commit after 64 deltas): uint64 keys, int64 slots
     <table>.delta.<gen>.bin      what one commit changed: keys put (with their slots) and keys deleted
 
 A write appends rows and updates the in-memory index (see :mod:`hier_ps.ssd.table`, which also holds the read path);
-a commit writes only what changed since the previous commit (fsync of the new rows, one small delta file per table,
-the manifest), so its cost does not grow with the store. Opening replays base + deltas of the chosen generation in one
-vectorized pass (each file's crc32 is in the manifest) and cuts every data file back to that generation's committed
-length: after a crash at any instant the store opens at exactly a committed state. Every row carries a checksum
-verified when it is read. Compaction rewrites the live rows in key order into a new data file and a base index; the
+a commit writes only what changed since the previous commit (fdatasync of the new rows, whose write-back the write
+already started; one small delta file per table, written beside that sync; the manifest), so its cost does not grow
+with the store. Opening replays base + deltas of the chosen generation in one vectorized pass (each file's crc32 is
+in the manifest) and cuts every data and checksum file back to that generation's committed length: after a crash at
+any instant the store opens at exactly a committed state. Every row has a checksum, verified when it is read. Compaction rewrites the live rows in key order into a new data file and a base index; the
 old files stay while an older generation that needs them is retained (see ``retain``).
 
 Example:
@@ -41,13 +42,13 @@ import numpy as np
 
 from hier_ps.errors import StoreError, StoreLockedError
 from hier_ps.ssd.files import WriteHook, atomic_write, fsync_dir, write_new
-from hier_ps.ssd.table import DataFile, KeyIndex, is_sorted
+from hier_ps.ssd.table import DataFile, KeyIndex, is_sorted, sums_path
 
 __all__ = ["SSDStore"]
 
 log = logging.getLogger("hier_ps")
 
-FORMAT = 2
+FORMAT = 3  # 3: checksums in their own file beside the rows (2 kept them inside each record)
 _COMPACT_ROWS = 1 << 18  # rows per read+append step of compaction
 _POOL_MIN_ROWS = 4096  # smaller reads stay in the calling thread
 _MAX_DELTAS = 64  # index deltas per table before a commit writes a full index instead
@@ -84,12 +85,10 @@ class _Table:
             self.index = KeyIndex(k, s.view(np.int64))
         if self.deltas:
             self._replay([store.read_delta(d) for d in self.deltas])
-        need = self.committed * 4 * (width + 1)
-        size = self.path.stat().st_size if self.path.exists() else 0
-        if size < need:
-            raise StoreError(
-                f"{self.path}: data file holds {size} bytes, its last commit needs {need} (truncated store)"
-            )
+        for path, need in ((self.path, self.committed * 4 * width), (sums_path(self.path), self.committed * 4)):
+            size = path.stat().st_size if path.exists() else 0
+            if size < need:
+                raise StoreError(f"{path}: file holds {size} bytes, its last commit needs {need} (truncated store)")
         self.file: DataFile | None = None
 
     def _replay(self, deltas: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> None:
@@ -125,8 +124,8 @@ class SSDStore:
         widths: table -> row width (float32 units). Tables missing from the store are added; tables in the store
             but not here are kept untouched.
         generation: open this committed generation instead of the newest (later ones are discarded).
-        read_threads: threads a large read uses to keep several I/Os in flight (default: the CPU count, at most
-            8); 1 reads in the calling thread only.
+        read_threads: threads a large read uses to keep several I/Os in flight and the cores busy (default: the
+            CPU count, at least 4 and at most 8); 1 reads in the calling thread only.
         readonly: open to read only (exports): a shared lock, so that no writer can open the store meanwhile
             (several readers can); nothing on disk changes (later generations are kept, files are not cut); writes,
             deletes, commits and compaction raise StoreError.
@@ -164,11 +163,13 @@ class SSDStore:
                 f"store directory '{self.dir}' is in use by another process (lock file {self.dir / 'LOCK'})"
             ) from None
         self.write_hook: WriteHook | None = None
+        # bytes count a row with its checksum: what moves to and from the disk
         self.stats = {"rows_read": 0, "rows_written": 0, "bytes_read": 0, "bytes_written": 0, "commits": 0}
         self.tables: dict[str, _Table] = {}
         self._mutex = threading.Lock()
         self._failed: str | None = None
-        self._read_threads = read_threads if read_threads is not None else min(8, os.cpu_count() or 1)
+        # Threads mostly wait for the disk on cold reads: at least 4, so that several reads are in flight.
+        self._read_threads = read_threads if read_threads is not None else min(8, max(4, os.cpu_count() or 1))
         self._pool: ThreadPoolExecutor | None = None
         self._hpool: ThreadPoolExecutor | None = None
         try:
@@ -197,7 +198,10 @@ class SSDStore:
             except (OSError, ValueError, KeyError, TypeError):
                 raise StoreError(f"{path}: corrupt or unreadable manifest") from None
             if manifest.get("format") != FORMAT:
-                raise StoreError(f"{path}: store format {manifest.get('format')}, this version reads {FORMAT}")
+                raise StoreError(
+                    f"{path}: store format {manifest.get('format')}, this version of hier_ps reads format {FORMAT} "
+                    "only (re-create the store, or open it with the version that wrote it)"
+                )
         self.generation = gen
         self._entries: dict[str, dict] = dict(manifest["tables"])
         mpath = self.dir / _manifest_name(gen)
@@ -238,8 +242,9 @@ class SSDStore:
             for e in (m["tables"] if m else self._entries).values():
                 keep |= {e["data"], *([e["base"]["file"]] if e["base"] else []), *(d["file"] for d in e["deltas"])}
         keep |= {t.data for t in self.tables.values()}
+        keep |= {sums_path(Path(name)).name for name in keep if name.endswith(".rows")}
         for p in self.dir.iterdir():
-            if p.name not in keep and (p.suffix in (".rows", ".bin", ".tmp")):
+            if p.name not in keep and (p.suffix in (".rows", ".sums", ".bin", ".tmp")):
                 p.unlink()
 
     def retain(self, generations: set[int]) -> None:
@@ -312,9 +317,7 @@ class SSDStore:
 
         Returns:
             (rows float32[n, width], found bool[n]) in the order of `keys`; rows not found are zero. Rows written
-            since the last commit are seen. When every key is found, `rows` is a strided view (rows
-            ``4 * (width + 1)`` bytes apart: the on-disk records without their checksums), which saves a copy;
-            ``np.ascontiguousarray`` makes it contiguous where that matters.
+            since the last commit are seen. `rows` is contiguous and the caller's to keep.
         """
         t = self._table(table)
         keys = np.asarray(keys, np.uint64)
@@ -329,7 +332,7 @@ class SSDStore:
             rows[hit] = t.f.gather(slots[hit], pool)
         if len(hit):
             self.stats["rows_read"] += len(hit)
-            self.stats["bytes_read"] += len(hit) * t.f.row_bytes
+            self.stats["bytes_read"] += len(hit) * (t.f.row_bytes + 4)
         return rows, found
 
     def _reader_pool(self) -> ThreadPoolExecutor | None:
@@ -362,7 +365,7 @@ class SSDStore:
             t.index.put(keys, slots)
             t.touched.append((keys, slots))
         self.stats["rows_written"] += len(keys)
-        self.stats["bytes_written"] += len(keys) * t.f.row_bytes
+        self.stats["bytes_written"] += len(keys) * (t.f.row_bytes + 4)
 
     def delete(self, table: str, keys: np.ndarray) -> None:
         """Removes keys (uint64[n]; absent ones are ignored). Durable at the next commit; compaction reclaims space."""
@@ -483,16 +486,16 @@ class SSDStore:
             keys, slots = t.index.keys, t.index.slots
             epoch = int(t.data.rsplit(".", 2)[-2]) + 1
             data_file = f"{_safe(name)}.{epoch}.rows"
-            tmp = self.dir / (data_file + ".tmp")
-            out = DataFile(tmp, t.width, 0)
+            # Written under its final names: no manifest references them until the one below, and an open deletes
+            # unreferenced files, so a crash meanwhile leaves nothing behind.
+            out = DataFile(self.dir / data_file, t.width, 0)
             try:
                 for a in range(0, len(keys), _COMPACT_ROWS):  # bounded memory, whatever the table's size
                     rows = t.f.gather(slots[a : a + _COMPACT_ROWS], self._reader_pool())  # checksums verified
                     out.append(rows, self.write_hook)
-                os.fsync(out.fd)
+                out.sync()
             finally:
                 out.close()
-            os.replace(tmp, self.dir / data_file)
             entries[name] = {
                 "width": t.width,
                 "data": data_file,

@@ -92,7 +92,7 @@ def test_corrupt_row_is_caught_in_span_and_in_scattered_reads(tmp_path: Path, sm
         s.commit()
     (data,) = tmp_path.glob("*.rows")
     raw = bytearray(data.read_bytes())
-    raw[12_345 * (width + 1) * 4 + 9] ^= 0x01  # one bit of row 12345
+    raw[12_345 * width * 4 + 9] ^= 0x01  # one bit of row 12345
     data.write_bytes(bytes(raw))
     with SSDStore(tmp_path, {"t": width}) as s:
         for q in (k, k[12_345 - 3 : 12_345 + 3], k[12_345::5000]):  # dense span, small span, scattered
