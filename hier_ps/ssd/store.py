@@ -15,8 +15,9 @@ a commit writes only what changed since the previous commit (fdatasync of the ne
 already started; one small delta file per table, written beside that sync; the manifest), so its cost does not grow
 with the store. Opening replays base + deltas of the chosen generation in one vectorized pass (each file's crc32 is
 in the manifest) and cuts every data and checksum file back to that generation's committed length: after a crash at
-any instant the store opens at exactly a committed state. Every row has a checksum, verified when it is read. Compaction rewrites the live rows in key order into a new data file and a base index; the
-old files stay while an older generation that needs them is retained (see ``retain``).
+any instant the store opens at exactly a committed state. Every row has a checksum, verified when it is read.
+Compaction rewrites the live rows in key order into a new data file and a base index; the old files stay while an
+older generation that needs them is retained (see ``retain``).
 
 Example:
     >>> with SSDStore("/data/store", {"user": 84}) as store:  # table -> row width (float32)
@@ -28,6 +29,7 @@ Example:
 from __future__ import annotations
 
 import fcntl
+import functools
 import json
 import logging
 import os
@@ -380,8 +382,8 @@ class SSDStore:
     def commit(self) -> int:
         """Makes every write and delete since the last commit durable, all together.
 
-        The new rows are fsynced (most of their write-back to the disk has already been started by
-        :meth:`write`) while a helper thread writes and fsyncs the index deltas; the manifest comes last.
+        The new rows and checksums are fdatasynced (most of their write-back to the disk has already been started
+        by :meth:`write`) while other threads write and fsync the index deltas; the manifest comes last.
 
         Returns:
             The new generation.
@@ -413,13 +415,21 @@ class SSDStore:
                     "deltas": deltas,
                     "live": len(t.index),
                 }
-            index_files = self._helper().submit(self._write_index_files, files)
+            # Rows and checksums (fdatasync) and the new index files (write + fsync) before the manifest that points
+            # at them; side by side, as each mostly waits for the disk.
+            jobs = [job for t in self.tables.values() for job in t.f.sync_jobs()]
+            jobs += [functools.partial(write_new, path, data, self.write_hook) for path, data in files]
+            pool = self._reader_pool() or self._helper()
+            futures = [pool.submit(job) for job in jobs[1:]]
             try:
-                for t in self.tables.values():
-                    t.f.sync()  # rows before the manifest that points at them
+                jobs[0]()
             finally:
-                index_files.exception()  # never leave the helper writing behind a failure
-            index_files.result()
+                for f in futures:  # never leave a job running behind a failure
+                    f.exception()
+            for f in futures:
+                f.result()
+            if files:
+                fsync_dir(self.dir)  # the index files' names, before the manifest's
             manifest = {"format": FORMAT, "generation": gen, "tables": entries}
             atomic_write(self.dir / _manifest_name(gen), json.dumps(manifest, indent=1).encode(), self.write_hook)
             fsync_dir(self.dir)
@@ -442,13 +452,6 @@ class SSDStore:
         touched = np.unique(np.concatenate([k for k, _ in t.touched]))
         slots, live = t.index.lookup(touched)
         return touched[live], slots[live], touched[~live]
-
-    def _write_index_files(self, files: list[tuple[Path, bytes]]) -> None:
-        """Writes and fsyncs new index files, then the directory, so that they are durable before the manifest."""
-        for path, data in files:
-            write_new(path, data, self.write_hook)
-        if files:
-            fsync_dir(self.dir)
 
     def _helper(self) -> ThreadPoolExecutor:
         """A thread beside the caller's, for work that overlaps the caller's fsyncs."""
