@@ -358,13 +358,17 @@ class SSDStore:
             return
         if rows.shape != (len(keys), t.width):
             raise ValueError(f"rows of table {table!r} must be [{len(keys)}, {t.width}], got {rows.shape}")
+        # The index's searches run on a helper thread while the rows are written (only this thread changes the
+        # index, so they stay valid); the index points at the rows only once they are in the file.
+        plan = self._helper().submit(t.index.plan_put, keys)
         try:
             slots = t.f.append(rows, self.write_hook)
         except StoreError as e:
             self._failed = str(e)
+            plan.exception()
             raise
         with self._mutex:
-            t.index.put(keys, slots)
+            t.index.put(keys, slots, plan.result())
             t.touched.append((keys, slots))
         self.stats["rows_written"] += len(keys)
         self.stats["bytes_written"] += len(keys) * (t.f.row_bytes + 4)

@@ -119,11 +119,24 @@ class KeyIndex:
     def __len__(self) -> int:
         return len(self.keys)
 
-    def put(self, keys: np.ndarray, slots: np.ndarray) -> None:
-        """Points keys (uint64[n], unique) at slots (int64[n]), inserting the new ones in order."""
+    def plan_put(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The searches of a :meth:`put` of keys (uint64[n], unique) -> (order, pos, found); changes nothing.
+
+        A writer can run them while its rows are being written, then apply them (no other update may come between).
+        """
+        order, pos, found, _ = sorted_lookup(self.keys, self.slots, keys)
+        return order, pos, found
+
+    def put(
+        self, keys: np.ndarray, slots: np.ndarray, plan: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+    ) -> None:
+        """Points keys (uint64[n], unique) at slots (int64[n]), inserting the new ones in order.
+
+        `plan` is :meth:`plan_put` of the same keys on the index as it is now, if already computed.
+        """
         if not len(keys):
             return
-        order, pos, found, _ = sorted_lookup(self.keys, self.slots, keys)
+        order, pos, found = plan if plan is not None else self.plan_put(keys)
         sk, ss = keys[order], slots[order]
         add = ~found
         if add.any():
