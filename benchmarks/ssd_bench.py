@@ -85,8 +85,10 @@ def _seq_write(path: Path, data: bytes) -> None:
         os.fsync(f.fileno())
 
 
-def _files(path: Path) -> list[Path]:
-    return [p for p in path.rglob("*") if p.is_file()] if path.is_dir() else [path]
+def _files(path: Path, suffixes: tuple[str, ...] = ()) -> list[Path]:
+    if not path.is_dir():
+        return [path]
+    return [p for p in path.rglob("*") if p.is_file() and (not suffixes or p.suffix in suffixes)]
 
 
 def _drop(path: Path) -> None:
@@ -99,12 +101,12 @@ def _drop(path: Path) -> None:
             os.close(fd)
 
 
-def _cached_share(path: Path) -> float:
-    """Share of the pages of a file (or a directory's files) in the page cache, by mincore."""
+def _cached_share(path: Path, suffixes: tuple[str, ...] = ()) -> float:
+    """Share of the pages of a file (or a directory's files with these suffixes) in the page cache, by mincore."""
     libc = ctypes.CDLL(None, use_errno=True)
     libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
     cached = total = 0
-    for p in _files(path):
+    for p in _files(path, suffixes):
         size = p.stat().st_size
         if not size:
             continue
@@ -127,7 +129,7 @@ def _read_case(
     for _ in range(repeat):
         if cold:
             store.drop_cache()
-            left.append(_cached_share(store.dir))
+            left.append(_cached_share(store.dir, (".rows", ".sums")))  # index files are read only at open
         ours.append(_timed(lambda: store.read("t", ws)))
         if cold:
             _drop(plain)
@@ -144,7 +146,7 @@ def _read_case(
     if with_rocks:
         if cold:
             _drop(rocks_dir)  # its files; its own block cache (8 MiB by default) stays
-            left.append(_cached_share(rocks_dir))
+            left.append(_cached_share(rocks_dir, (".sst",)))
         t_rocks = _timed(lambda: _rocks_read(db, ws))
         out |= {"rocksdb_rows_s": m / t_rocks, "ours_vs_rocksdb": t_rocks / statistics.median(ours)}
     if cold:

@@ -323,10 +323,10 @@ class SSDStore:
         """
         t = self._table(table)
         keys = np.asarray(keys, np.uint64)
+        pool = self._reader_pool() if len(keys) >= _POOL_MIN_ROWS else None
         with self._mutex:
-            slots, found = t.index.lookup(keys)
+            slots, found = t.index.lookup(keys, pool)
         hit = np.flatnonzero(found)
-        pool = self._reader_pool() if len(hit) >= _POOL_MIN_ROWS else None
         if len(hit) == len(keys):
             rows = t.f.gather(slots, pool)
         else:
