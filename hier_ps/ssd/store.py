@@ -360,15 +360,16 @@ class SSDStore:
             raise ValueError(f"rows of table {table!r} must be [{len(keys)}, {t.width}], got {rows.shape}")
         # The index's searches run on a helper thread while the rows are written (only this thread changes the
         # index, so they stay valid); the index points at the rows only once they are in the file.
-        plan = self._helper().submit(t.index.plan_put, keys)
+        plan = self._helper().submit(t.index.plan_put, keys) if len(keys) >= _POOL_MIN_ROWS else None
         try:
             slots = t.f.append(rows, self.write_hook)
         except StoreError as e:
             self._failed = str(e)
-            plan.exception()
+            if plan is not None:
+                plan.exception()
             raise
         with self._mutex:
-            t.index.put(keys, slots, plan.result())
+            t.index.put(keys, slots, plan.result() if plan is not None else None)
             t.touched.append((keys, slots))
         self.stats["rows_written"] += len(keys)
         self.stats["bytes_written"] += len(keys) * (t.f.row_bytes + 4)

@@ -333,8 +333,8 @@ class DataFile:
             return np.zeros((0, w), np.float32)
         raw = np.empty((len(slots), w), np.float32)
         view = self._view()
-        # A sample of rows first: a batch whose pages are all cached is copied from the map, chunk by chunk, each
-        # chunk's checksums verified while it is still in the CPU cache.
+        # A sample of rows first: a batch whose pages are all cached is copied from the map in one multithreaded
+        # gather (no planning), then verified chunk by chunk on the pool.
         sample = slots[np.linspace(0, len(slots) - 1, min(len(slots), _SAMPLE), dtype=np.int64)].tolist()
         c = _CHUNK_ROWS
         if self._probe(view, sample) is True:
