@@ -3,24 +3,30 @@
 Rows are 64 fp32 embedding + 1 row-wise Adagrad state + 4 metadata floats (what the trainer stores for dim 64),
 random uint64 keys. Measured:
 - pass read: batched reads of working sets of 1%, 10%, 30% of the keys, drawn uniformly (sorted, as a pass plan
-  holds them); our ``SSDStore.read`` vs rocksdict multi-get vs a sequential read of the same number of row bytes;
+  holds them); our ``SSDStore.read`` vs rocksdict multi-get vs a plain sequential read of the same number of row
+  bytes from the start of a file of the same rows. **Warm** (every side's file in the page cache) and **cold**
+  (before each timed read, that side's own files are dropped from the page cache with
+  ``posix_fadvise(POSIX_FADV_DONTNEED)``, after unmapping them; the share of pages still cached is checked and
+  printed). Ours and the sequential read alternate, ``--repeat`` times; the ratio is the median of the pairs;
 - the next pass's read: a 30% working set written back by its pass, then a working set sharing 80% of its keys;
-- write-back of a pass (10% of the rows rewritten) + commit vs rocksdict batch write (WAL off) + flush vs a plain
-  sequential write + fsync of the same bytes;
+- write-back of a pass (10% of the rows rewritten, in key order) + commit vs rocksdict batch write (WAL off) +
+  flush vs a plain sequential write + fsync of the same bytes, alternating ``--repeat`` times, median ratio;
 - commit latency after a fixed-size write at two store sizes (it must not grow with the store);
 - compaction time.
-The page cache cannot be dropped on the development machine (no root over /proc/sys/vm), so reads are **warm**:
-all three sides read from the page cache after their own write.
 
-Usage: ``python benchmarks/ssd_bench.py [--rows 2000000] [--dir /tmp/ssd_bench]``; prints a table and a JSON line.
+Usage: ``python benchmarks/ssd_bench.py [--rows 2000000] [--repeat 3] [--dir /tmp/hier_ps_ssd_bench]``; prints
+tables and a JSON line. The machine's other load makes single timings noisy: compare the medians of the ratios.
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
+import mmap
 import os
 import shutil
+import statistics
 import time
 from pathlib import Path
 
@@ -66,10 +72,11 @@ def _rocks_read(db, keys: np.ndarray) -> np.ndarray:
     return np.frombuffer(b"".join(vals), np.float32).reshape(len(keys), WIDTH)
 
 
-def _seq_read(path: Path, nbytes: int) -> None:
-    buf = np.empty(nbytes, np.uint8)
+def _seq_read(path: Path, nbytes: int) -> np.ndarray:
+    buf = np.empty(nbytes, np.uint8)  # a fresh buffer, as our read returns fresh rows
     with open(path, "rb", buffering=0) as f:
         f.readinto(memoryview(buf))
+    return buf
 
 
 def _seq_write(path: Path, data: bytes) -> None:
@@ -78,21 +85,91 @@ def _seq_write(path: Path, data: bytes) -> None:
         os.fsync(f.fileno())
 
 
+def _files(path: Path, suffixes: tuple[str, ...] = ()) -> list[Path]:
+    if not path.is_dir():
+        return [path]
+    return [p for p in path.rglob("*") if p.is_file() and (not suffixes or p.suffix in suffixes)]
+
+
+def _drop(path: Path) -> None:
+    """Drops a file's (or a directory's files') clean pages from the page cache."""
+    for p in _files(path):
+        fd = os.open(p, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+def _cached_share(path: Path, suffixes: tuple[str, ...] = ()) -> float:
+    """Share of the pages of a file (or a directory's files with these suffixes) in the page cache, by mincore."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+    cached = total = 0
+    for p in _files(path, suffixes):
+        size = p.stat().st_size
+        if not size:
+            continue
+        with open(p, "rb") as f, mmap.mmap(f.fileno(), size, prot=mmap.PROT_READ) as mm:
+            vec = np.zeros((size + 4095) // 4096, np.uint8)
+            buf = np.frombuffer(mm, np.uint8)
+            if libc.mincore(buf.ctypes.data, size, vec.ctypes.data) == 0:
+                cached += int((vec & 1).sum())
+                total += len(vec)
+            del buf
+    return cached / max(total, 1)
+
+
+def _read_case(
+    store, db, rocks_dir: Path, plain: Path, ws: np.ndarray, repeat: int, cold: bool, with_rocks: bool
+) -> dict:
+    """Times our read of `ws` and a sequential read of as many row bytes, alternating; rocksdict once."""
+    m, row_bytes = len(ws), WIDTH * 4
+    ours, seq, left = [], [], []
+    for _ in range(repeat):
+        if cold:
+            store.drop_cache()
+            left.append(_cached_share(store.dir, (".rows", ".sums")))  # index files are read only at open
+        ours.append(_timed(lambda: store.read("t", ws)))
+        if cold:
+            _drop(plain)
+            left.append(_cached_share(plain))
+        seq.append(_timed(lambda: _seq_read(plain, m * row_bytes)))
+    out = {
+        "keys": m,
+        "ours_rows_s": m / statistics.median(ours),
+        "ours_gb_s": m * row_bytes / statistics.median(ours) / 1e9,
+        "seq_gb_s": m * row_bytes / statistics.median(seq) / 1e9,
+        "ours_vs_seq": statistics.median(s / o for s, o in zip(seq, ours, strict=True)),
+        "ours_vs_seq_all": [round(s / o, 3) for s, o in zip(seq, ours, strict=True)],
+    }
+    if with_rocks:
+        if cold:
+            _drop(rocks_dir)  # its files; its own block cache (8 MiB by default) stays
+            left.append(_cached_share(rocks_dir, (".sst",)))
+        t_rocks = _timed(lambda: _rocks_read(db, ws))
+        out |= {"rocksdb_rows_s": m / t_rocks, "ours_vs_rocksdb": t_rocks / statistics.median(ours)}
+    if cold:
+        out["cached_share_after_drop_max"] = max(left)
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rows", type=int, default=2_000_000)
+    p.add_argument("--repeat", type=int, default=3, help="alternating repetitions of each compared pair")
     p.add_argument("--dir", default="/tmp/hier_ps_ssd_bench")
     args = p.parse_args()
     root = Path(args.dir)
     shutil.rmtree(root, ignore_errors=True)
     root.mkdir(parents=True)
     rng = np.random.default_rng(0)
-    n = args.rows
+    n, rep = args.rows, args.repeat
     keys = np.unique(rng.integers(0, 2**63, int(n * 1.01), dtype=np.int64).astype(np.uint64))[:n]
     rng.shuffle(keys)
     rows = rng.standard_normal((n, WIDTH), dtype=np.float32)
     row_bytes = WIDTH * 4
-    res: dict = {"rows": n, "row_bytes": row_bytes, "cache": "warm (page cache could not be dropped)"}
+    res: dict = {"rows": n, "row_bytes": row_bytes, "repeat": rep}
 
     store = SSDStore(root / "ours", {"t": WIDTH})
     chunk = 1_000_000
@@ -105,26 +182,18 @@ def main() -> None:
     res["load_s_rocksdb"] = _timed(lambda: (_rocks_write(db, keys, rows), db.flush()))
     plain = root / "plain.bin"
     res["load_s_plain"] = _timed(lambda: _seq_write(plain, rows.tobytes()))
-    _seq_read(plain, n * row_bytes)  # all three sides warm: ours and rocksdb were just written and read back
 
     for frac in (0.01, 0.10, 0.30):
         ws = np.sort(rng.choice(keys, int(n * frac), replace=False))
-        m = len(ws)
-        store.read("t", ws[:1000])  # warm code paths
-        t_ours = min(_timed(lambda ws=ws: store.read("t", ws)) for _ in range(2))
-        t_rocks = _timed(lambda ws=ws: _rocks_read(db, ws))
-        t_seq = min(_timed(lambda m=m: _seq_read(plain, m * row_bytes)) for _ in range(3))
-        got = store.read("t", ws[:100])[0]
-        assert np.array_equal(got, _rocks_read(db, ws[:100]))  # both sides return the same rows
-        res[f"read_{int(frac * 100)}pct"] = {
-            "keys": m,
-            "ours_rows_s": m / t_ours,
-            "ours_gb_s": m * row_bytes / t_ours / 1e9,
-            "rocksdb_rows_s": m / t_rocks,
-            "seq_gb_s": m * row_bytes / t_seq / 1e9,
-            "ours_vs_rocksdb": t_rocks / t_ours,
-            "ours_vs_seq": t_seq / t_ours,
-        }
+        assert np.array_equal(store.read("t", ws[:100])[0], _rocks_read(db, ws[:100]))  # same rows on both sides
+        for cold in (False, True):
+            if not cold:  # warm: every side has read these pages once (and ours has mapped them)
+                store.read("t", ws)
+                _seq_read(plain, len(ws) * row_bytes)
+                _rocks_read(db, ws)
+            res[f"read_{int(frac * 100)}pct_{'cold' if cold else 'warm'}"] = _read_case(
+                store, db, root / "rocks", plain, ws, rep, cold, with_rocks=True
+            )
 
     # Pass after pass: the trainer pushes a pass's working set back in key order (one contiguous append), and the
     # next pass shares most of its keys, so its read lands mostly on that contiguous run.
@@ -133,46 +202,48 @@ def main() -> None:
     store.commit()
     keep = rng.random(len(w1)) < 0.8
     w2 = np.unique(np.concatenate([w1[keep], rng.choice(keys, int(len(w1) * 0.2), replace=False)]))
-    m = len(w2)
-    t_ours = min(_timed(lambda: store.read("t", w2)) for _ in range(2))
-    t_seq = min(_timed(lambda m=m: _seq_read(plain, m * row_bytes)) for _ in range(3))
-    res["read_next_pass_30pct"] = {
-        "keys": m,
-        "ours_rows_s": m / t_ours,
-        "ours_gb_s": m * row_bytes / t_ours / 1e9,
-        "seq_gb_s": m * row_bytes / t_seq / 1e9,
-        "ours_vs_seq": t_seq / t_ours,
-    }
+    for cold in (False, True):
+        if not cold:
+            store.read("t", w2)
+        res[f"read_next_pass_30pct_{'cold' if cold else 'warm'}"] = _read_case(
+            store, db, root / "rocks", plain, w2, rep, cold, with_rocks=False
+        )
 
+    # Write-back of a pass: ours (write in key order + commit) and a plain write + fsync of the same bytes, alternating.
     wb_keys = np.sort(rng.choice(keys, n // 10, replace=False))
     wb_rows = rng.standard_normal((len(wb_keys), WIDTH), dtype=np.float32)
-    t_ours = _timed(lambda: (store.write("t", wb_keys, wb_rows), store.commit()))
+    wb_bytes = wb_rows.tobytes()
+    ours, seq = [], []
+    for _ in range(rep):
+        wb_rows[:, 0] += 1  # new values each time
+        ours.append(_timed(lambda: (store.write("t", wb_keys, wb_rows), store.commit())))
+        (root / "plain_wb.bin").unlink(missing_ok=True)
+        seq.append(_timed(lambda: _seq_write(root / "plain_wb.bin", wb_bytes)))
     t_rocks = _timed(lambda: (_rocks_write(db, wb_keys, wb_rows), db.flush()))
-    t_seq = _timed(lambda: _seq_write(root / "plain_wb.bin", wb_rows.tobytes()))
     mb = len(wb_keys) * row_bytes
     res["write_back_10pct"] = {
-        "ours_gb_s": mb / t_ours / 1e9,
+        "ours_gb_s": mb / statistics.median(ours) / 1e9,
         "rocksdb_gb_s": mb / t_rocks / 1e9,
-        "seq_gb_s": mb / t_seq / 1e9,
-        "ours_vs_seq": t_seq / t_ours,
+        "seq_gb_s": mb / statistics.median(seq) / 1e9,
+        "ours_vs_seq": statistics.median(s / o for s, o in zip(seq, ours, strict=True)),
+        "ours_vs_seq_all": [round(s / o, 3) for s, o in zip(seq, ours, strict=True)],
     }
 
-    def commit_after(k: int) -> float:
-        sel = rng.choice(keys, k, replace=False)
-        store.write("t", sel, rows[:k])
-        return _timed(store.commit)
-
+    k_commit = n // 100
     small = SSDStore(root / "small", {"t": WIDTH})
-    small.write("t", keys[: n // 10], rows[: n // 10])
+    small.write("t", keys[: n // 10], np.zeros((n // 10, WIDTH), np.float32))
     small.commit()
-    sel = keys[: n // 100]
-    small.write("t", sel, rows[: len(sel)])
-    t_small = _timed(small.commit)
+    t_small, t_big = [], []
+    for _ in range(rep):
+        for s, sizes in ((small, t_small), (store, t_big)):
+            sel = np.sort(rng.choice(keys[: n // 10], k_commit, replace=False))
+            s.write("t", sel, wb_rows[:k_commit])
+            sizes.append(_timed(s.commit))
     small.close()
     res["commit_s"] = {
-        f"store_{n // 10}_rows": t_small,
-        f"store_{n}_rows": commit_after(n // 100),
-        "rows_written_before_commit": n // 100,
+        f"store_{n // 10}_rows": statistics.median(t_small),
+        f"store_{n}_rows": statistics.median(t_big),
+        "rows_written_before_commit": k_commit,
     }
 
     stale = store.stale_rows()
@@ -187,26 +258,26 @@ def main() -> None:
     db.close()
     shutil.rmtree(root, ignore_errors=True)
 
-    print(f"rows {n:,} x {row_bytes} B, {res['cache']}")
+    print(f"rows {n:,} x {row_bytes} B; ours vs sequential: median of {rep} alternating pairs")
     print(
-        f"{'working set':<14}{'ours rows/s':>14}{'rocksdb rows/s':>16}{'ours/rocksdb':>14}{'ours GB/s':>11}"
+        f"{'working set':<20}{'ours rows/s':>14}{'rocksdb rows/s':>16}{'ours/rocksdb':>14}{'ours GB/s':>11}"
         f"{'seq GB/s':>10}{'ours/seq':>10}"
     )
-    for frac in (1, 10, 30):
-        r = res[f"read_{frac}pct"]
-        print(
-            f"{f'{frac}%':<14}{r['ours_rows_s']:>14,.0f}{r['rocksdb_rows_s']:>16,.0f}{r['ours_vs_rocksdb']:>13.1f}x"
-            f"{r['ours_gb_s']:>11.2f}{r['seq_gb_s']:>10.2f}{r['ours_vs_seq']:>9.2f}x"
-        )
-    r = res["read_next_pass_30pct"]
-    print(
-        f"{'next pass 30%':<14}{r['ours_rows_s']:>14,.0f}{'':>16}{'':>14}{r['ours_gb_s']:>11.2f}{r['seq_gb_s']:>10.2f}"
-        f"{r['ours_vs_seq']:>9.2f}x   (80% of the keys shared with the pass before)"
-    )
+    for name in ("1", "10", "30", "next_pass_30"):
+        for cache in ("warm", "cold"):
+            r = res[f"read_{name}pct_{cache}"]
+            label = f"{name.replace('next_pass_', 'next pass ')}% {cache}"
+            rocks = (
+                f"{r['rocksdb_rows_s']:>16,.0f}{r['ours_vs_rocksdb']:>13.1f}x" if "rocksdb_rows_s" in r else " " * 30
+            )
+            print(
+                f"{label:<20}{r['ours_rows_s']:>14,.0f}{rocks}{r['ours_gb_s']:>11.2f}{r['seq_gb_s']:>10.2f}"
+                f"{r['ours_vs_seq']:>9.2f}x"
+            )
     w = res["write_back_10pct"]
     print(
         f"write-back 10% + commit: ours {w['ours_gb_s']:.2f} GB/s, rocksdb {w['rocksdb_gb_s']:.2f} GB/s, "
-        f"sequential write {w['seq_gb_s']:.2f} GB/s -> ours/seq {w['ours_vs_seq']:.2f}x"
+        f"sequential write {w['seq_gb_s']:.2f} GB/s -> ours/seq {w['ours_vs_seq']:.2f}x (pairs: {w['ours_vs_seq_all']})"
     )
     c = res["commit_s"]
     print(

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ctypes
 import errno
+import functools
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -11,7 +13,16 @@ import numpy as np
 
 from hier_ps.errors import StoreError
 
-__all__ = ["WriteHook", "atomic_write", "fsync_dir", "row_checksums", "write_at"]
+__all__ = [
+    "WriteHook",
+    "atomic_write",
+    "call_hook",
+    "fsync_dir",
+    "row_checksums",
+    "start_writeback",
+    "write_at",
+    "write_new",
+]
 
 #: Called with (path, nbytes) before every write the store makes; tests raise OSError(ENOSPC) from it.
 WriteHook = Callable[[Path, int], None]
@@ -38,11 +49,44 @@ def _os_error(path: Path, e: OSError) -> StoreError:
     return StoreError(f"{path}: write failed ({reason}); the store keeps its last committed state")
 
 
+def call_hook(hook: WriteHook | None, path: Path, nbytes: int) -> None:
+    """Calls the write hook (if any) before a write of `nbytes` to `path`; its OSError becomes a StoreError."""
+    if hook is not None:
+        try:
+            hook(path, nbytes)
+        except OSError as e:
+            raise _os_error(path, e) from None
+
+
+_SYNC_FILE_RANGE_WRITE = 2
+
+
+@functools.cache
+def _sync_file_range() -> Callable[[int, int, int, int], int] | None:
+    """libc's ``sync_file_range`` (Linux), or None."""
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+def start_writeback(fd: int, offset: int, nbytes: int) -> None:
+    """Starts writing these bytes of the file to the disk without waiting (a later fsync then has less to do).
+
+    Only a hint: where ``sync_file_range`` is missing or fails, the fsync does all the work, as it would anyway.
+    """
+    fn = _sync_file_range()
+    if fn is not None:
+        fn(fd, offset, nbytes, _SYNC_FILE_RANGE_WRITE)
+
+
 def write_at(fd: int, path: Path, data: bytes, offset: int, hook: WriteHook | None) -> None:
     """pwrite all of `data` at `offset`, naming `path` in a StoreError on failure."""
+    call_hook(hook, path, len(data))
     try:
-        if hook is not None:
-            hook(path, len(data))
         view = memoryview(data)
         while view:
             n = os.pwrite(fd, view, offset)
@@ -64,6 +108,26 @@ def atomic_write(path: Path, data: bytes, hook: WriteHook | None) -> None:
         os.replace(tmp, path)
     except OSError as e:
         tmp.unlink(missing_ok=True)
+        raise _os_error(path, e) from None
+
+
+def write_new(path: Path, data: bytes, hook: WriteHook | None) -> None:
+    """Writes a file that nothing references yet (a manifest written later will) and fsyncs it; no rename needed.
+
+    A crash before that manifest is durable leaves at most an unreferenced file, which the next open deletes.
+    """
+    call_hook(hook, path, len(data))
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as e:
+        path.unlink(missing_ok=True)
         raise _os_error(path, e) from None
 
 

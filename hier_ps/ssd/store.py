@@ -5,17 +5,19 @@ Layout of a store directory::
     LOCK                         flock'ed while a process has the store open for writing
     manifest.<gen>.json          one per commit, written last (temp + fsync + rename + fsync dir): per table its
                                  width, data file, committed row count, base index and the list of index deltas
-    <table>.<epoch>.rows         append-only rows: width float32 + one uint32 checksum each; never overwritten
+    <table>.<epoch>.rows         append-only rows: width float32 each; never overwritten
+    <table>.<epoch>.sums         one uint32 checksum per row of the .rows file beside it
     <table>.base.<gen>.bin       full key index (compaction, or a commit after 64 deltas): uint64 keys, int64 slots
     <table>.delta.<gen>.bin      what one commit changed: keys put (with their slots) and keys deleted
 
 A write appends rows and updates the in-memory index (see :mod:`hier_ps.ssd.table`, which also holds the read path);
-a commit writes only what changed since the previous commit (fsync of the new rows, one small delta file per table,
-the manifest), so its cost does not grow with the store. Opening replays base + deltas of the chosen generation in one
-vectorized pass (each file's crc32 is in the manifest) and cuts every data file back to that generation's committed
-length: after a crash at any instant the store opens at exactly a committed state. Every row carries a checksum
-verified when it is read. Compaction rewrites the live rows in key order into a new data file and a base index; the
-old files stay while an older generation that needs them is retained (see ``retain``).
+a commit writes only what changed since the previous commit (fdatasync of the new rows, whose write-back the write
+already started; one small delta file per table, written beside that sync; the manifest), so its cost does not grow
+with the store. Opening replays base + deltas of the chosen generation in one vectorized pass (each file's crc32 is
+in the manifest) and cuts every data and checksum file back to that generation's committed length: after a crash at
+any instant the store opens at exactly a committed state. Every row has a checksum, verified when it is read.
+Compaction rewrites the live rows in key order into a new data file and a base index; the old files stay while an
+older generation that needs them is retained (see ``retain``).
 
 Example:
     >>> with SSDStore("/data/store", {"user": 84}) as store:  # table -> row width (float32)
@@ -27,6 +29,7 @@ Example:
 from __future__ import annotations
 
 import fcntl
+import functools
 import json
 import logging
 import os
@@ -40,14 +43,14 @@ from pathlib import Path
 import numpy as np
 
 from hier_ps.errors import StoreError, StoreLockedError
-from hier_ps.ssd.files import WriteHook, atomic_write, fsync_dir
-from hier_ps.ssd.table import DataFile, KeyIndex
+from hier_ps.ssd.files import WriteHook, atomic_write, fsync_dir, write_new
+from hier_ps.ssd.table import DataFile, KeyIndex, is_sorted, sums_path
 
 __all__ = ["SSDStore"]
 
 log = logging.getLogger("hier_ps")
 
-FORMAT = 2
+FORMAT = 3  # 3: checksums in their own file beside the rows (2 kept them inside each record)
 _COMPACT_ROWS = 1 << 18  # rows per read+append step of compaction
 _POOL_MIN_ROWS = 4096  # smaller reads stay in the calling thread
 _MAX_DELTAS = 64  # index deltas per table before a commit writes a full index instead
@@ -76,19 +79,18 @@ class _Table:
         self.base = entry["base"] if entry else None
         self.deltas: list[dict] = list(entry["deltas"]) if entry else []
         self.committed = entry["rows"] if entry else 0
-        self.touched: list[np.ndarray] = []
+        # What changed since the last commit, in order: (keys, their new slots) of a write, (keys, None) of a delete.
+        self.touched: list[tuple[np.ndarray, np.ndarray | None]] = []
         self.index = KeyIndex()
         if self.base:
             k, s = store.read_index(self.base)
             self.index = KeyIndex(k, s.view(np.int64))
         if self.deltas:
             self._replay([store.read_delta(d) for d in self.deltas])
-        need = self.committed * 4 * (width + 1)
-        size = self.path.stat().st_size if self.path.exists() else 0
-        if size < need:
-            raise StoreError(
-                f"{self.path}: data file holds {size} bytes, its last commit needs {need} (truncated store)"
-            )
+        for path, need in ((self.path, self.committed * 4 * width), (sums_path(self.path), self.committed * 4)):
+            size = path.stat().st_size if path.exists() else 0
+            if size < need:
+                raise StoreError(f"{path}: file holds {size} bytes, its last commit needs {need} (truncated store)")
         self.file: DataFile | None = None
 
     def _replay(self, deltas: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> None:
@@ -124,8 +126,8 @@ class SSDStore:
         widths: table -> row width (float32 units). Tables missing from the store are added; tables in the store
             but not here are kept untouched.
         generation: open this committed generation instead of the newest (later ones are discarded).
-        read_threads: threads a large read uses to keep several I/Os in flight (default: the CPU count, at most
-            8); 1 reads in the calling thread only.
+        read_threads: threads a large read uses to keep several I/Os in flight and the cores busy (default: the
+            CPU count, at least 4 and at most 8); 1 reads in the calling thread only.
         readonly: open to read only (exports): a shared lock, so that no writer can open the store meanwhile
             (several readers can); nothing on disk changes (later generations are kept, files are not cut); writes,
             deletes, commits and compaction raise StoreError.
@@ -163,12 +165,15 @@ class SSDStore:
                 f"store directory '{self.dir}' is in use by another process (lock file {self.dir / 'LOCK'})"
             ) from None
         self.write_hook: WriteHook | None = None
+        # bytes count a row with its checksum: what moves to and from the disk
         self.stats = {"rows_read": 0, "rows_written": 0, "bytes_read": 0, "bytes_written": 0, "commits": 0}
         self.tables: dict[str, _Table] = {}
         self._mutex = threading.Lock()
         self._failed: str | None = None
-        self._read_threads = read_threads if read_threads is not None else min(8, os.cpu_count() or 1)
+        # Threads mostly wait for the disk on cold reads: at least 4, so that several reads are in flight.
+        self._read_threads = read_threads if read_threads is not None else min(8, max(4, os.cpu_count() or 1))
         self._pool: ThreadPoolExecutor | None = None
+        self._hpool: ThreadPoolExecutor | None = None
         try:
             self._open(widths, generation)
         except BaseException:
@@ -195,7 +200,10 @@ class SSDStore:
             except (OSError, ValueError, KeyError, TypeError):
                 raise StoreError(f"{path}: corrupt or unreadable manifest") from None
             if manifest.get("format") != FORMAT:
-                raise StoreError(f"{path}: store format {manifest.get('format')}, this version reads {FORMAT}")
+                raise StoreError(
+                    f"{path}: store format {manifest.get('format')}, this version of hier_ps reads format {FORMAT} "
+                    "only (re-create the store, or open it with the version that wrote it)"
+                )
         self.generation = gen
         self._entries: dict[str, dict] = dict(manifest["tables"])
         mpath = self.dir / _manifest_name(gen)
@@ -236,8 +244,9 @@ class SSDStore:
             for e in (m["tables"] if m else self._entries).values():
                 keep |= {e["data"], *([e["base"]["file"]] if e["base"] else []), *(d["file"] for d in e["deltas"])}
         keep |= {t.data for t in self.tables.values()}
+        keep |= {sums_path(Path(name)).name for name in keep if name.endswith(".rows")}
         for p in self.dir.iterdir():
-            if p.name not in keep and (p.suffix in (".rows", ".bin", ".tmp")):
+            if p.name not in keep and (p.suffix in (".rows", ".sums", ".bin", ".tmp")):
                 p.unlink()
 
     def retain(self, generations: set[int]) -> None:
@@ -310,16 +319,14 @@ class SSDStore:
 
         Returns:
             (rows float32[n, width], found bool[n]) in the order of `keys`; rows not found are zero. Rows written
-            since the last commit are seen. When every key is found, `rows` is a strided view (rows
-            ``4 * (width + 1)`` bytes apart: the on-disk records without their checksums), which saves a copy;
-            ``np.ascontiguousarray`` makes it contiguous where that matters.
+            since the last commit are seen. `rows` is contiguous and the caller's to keep.
         """
         t = self._table(table)
         keys = np.asarray(keys, np.uint64)
+        pool = self._reader_pool() if len(keys) >= _POOL_MIN_ROWS else None
         with self._mutex:
-            slots, found = t.index.lookup(keys)
+            slots, found = t.index.lookup(keys, pool)
         hit = np.flatnonzero(found)
-        pool = self._reader_pool() if len(hit) >= _POOL_MIN_ROWS else None
         if len(hit) == len(keys):
             rows = t.f.gather(slots, pool)
         else:
@@ -327,7 +334,7 @@ class SSDStore:
             rows[hit] = t.f.gather(slots[hit], pool)
         if len(hit):
             self.stats["rows_read"] += len(hit)
-            self.stats["bytes_read"] += len(hit) * t.f.row_bytes
+            self.stats["bytes_read"] += len(hit) * (t.f.row_bytes + 4)
         return rows, found
 
     def _reader_pool(self) -> ThreadPoolExecutor | None:
@@ -351,16 +358,21 @@ class SSDStore:
             return
         if rows.shape != (len(keys), t.width):
             raise ValueError(f"rows of table {table!r} must be [{len(keys)}, {t.width}], got {rows.shape}")
+        # The index's searches run on a helper thread while the rows are written (only this thread changes the
+        # index, so they stay valid); the index points at the rows only once they are in the file.
+        plan = self._helper().submit(t.index.plan_put, keys) if len(keys) >= _POOL_MIN_ROWS else None
         try:
             slots = t.f.append(rows, self.write_hook)
         except StoreError as e:
             self._failed = str(e)
+            if plan is not None:
+                plan.exception()
             raise
         with self._mutex:
-            t.index.put(keys, slots)
-            t.touched.append(keys)
+            t.index.put(keys, slots, plan.result() if plan is not None else None)
+            t.touched.append((keys, slots))
         self.stats["rows_written"] += len(keys)
-        self.stats["bytes_written"] += len(keys) * t.f.row_bytes
+        self.stats["bytes_written"] += len(keys) * (t.f.row_bytes + 4)
 
     def delete(self, table: str, keys: np.ndarray) -> None:
         """Removes keys (uint64[n]; absent ones are ignored). Durable at the next commit; compaction reclaims space."""
@@ -369,11 +381,14 @@ class SSDStore:
         keys = np.asarray(keys, np.uint64)
         with self._mutex:
             t.index.remove(keys)
-            t.touched.append(keys)
+            t.touched.append((keys, None))
 
     # ------------------------------------------------------------------ durability
     def commit(self) -> int:
         """Makes every write and delete since the last commit durable, all together.
+
+        The new rows and checksums are fdatasynced (most of their write-back to the disk has already been started
+        by :meth:`write`) while other threads write and fsync the index deltas; the manifest comes last.
 
         Returns:
             The new generation.
@@ -382,20 +397,20 @@ class SSDStore:
         gen = self.generation + 1
         entries = dict(self._entries)
         try:
+            files: list[tuple[Path, bytes]] = []
             for name, t in self.tables.items():
-                os.fsync(t.f.fd)  # rows before the manifest that points at them
                 deltas, base = list(t.deltas), t.base
                 if t.touched and len(deltas) >= _MAX_DELTAS:  # fold: opening then replays at most _MAX_DELTAS
-                    base, deltas = self._write_base(name, gen, t.index.keys, t.index.slots.view(np.uint64)), []
+                    index = np.concatenate([t.index.keys, t.index.slots.view(np.uint64)]).tobytes()
+                    base, deltas = {"file": f"{_safe(name)}.base.{gen:010d}.bin", "crc32": zlib.crc32(index)}, []
+                    files.append((self.dir / base["file"], index))
                 elif t.touched:
-                    touched = np.unique(np.concatenate(t.touched))
-                    slots, live = t.index.lookup(touched)
-                    put_k, put_s, dels = touched[live], slots[live], touched[~live]
+                    put_k, put_s, dels = self._changes(t)
                     data = np.concatenate(
                         [np.array([len(put_k), len(dels)], np.uint64), put_k, put_s.view(np.uint64), dels]
                     ).tobytes()
                     file = f"{_safe(name)}.delta.{gen:010d}.bin"
-                    atomic_write(self.dir / file, data, self.write_hook)
+                    files.append((self.dir / file, data))
                     deltas.append({"file": file, "crc32": zlib.crc32(data), "puts": len(put_k), "dels": len(dels)})
                 entries[name] = {
                     "width": t.width,
@@ -405,7 +420,21 @@ class SSDStore:
                     "deltas": deltas,
                     "live": len(t.index),
                 }
-            fsync_dir(self.dir)
+            # Rows and checksums (fdatasync) and the new index files (write + fsync) before the manifest that points
+            # at them; side by side, as each mostly waits for the disk.
+            jobs = [job for t in self.tables.values() for job in t.f.sync_jobs()]
+            jobs += [functools.partial(write_new, path, data, self.write_hook) for path, data in files]
+            pool = self._reader_pool() or self._helper()
+            futures = [pool.submit(job) for job in jobs[1:]]
+            try:
+                jobs[0]()
+            finally:
+                for f in futures:  # never leave a job running behind a failure
+                    f.exception()
+            for f in futures:
+                f.result()
+            if files:
+                fsync_dir(self.dir)  # the index files' names, before the manifest's
             manifest = {"format": FORMAT, "generation": gen, "tables": entries}
             atomic_write(self.dir / _manifest_name(gen), json.dumps(manifest, indent=1).encode(), self.write_hook)
             fsync_dir(self.dir)
@@ -418,6 +447,23 @@ class SSDStore:
         self.generation, self._entries = gen, entries
         self.stats["commits"] += 1
         return gen
+
+    @staticmethod
+    def _changes(t: _Table) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """What a commit's delta records for a table -> (put keys uint64, their slots int64, deleted keys uint64)."""
+        if len(t.touched) == 1 and t.touched[0][1] is not None and is_sorted(t.touched[0][0]):
+            keys, slots = t.touched[0]  # one write-back in key order, the common case: it is the delta
+            return keys, slots, np.zeros(0, np.uint64)
+        touched = np.unique(np.concatenate([k for k, _ in t.touched]))
+        slots, live = t.index.lookup(touched)
+        return touched[live], slots[live], touched[~live]
+
+    def _helper(self) -> ThreadPoolExecutor:
+        """A thread beside the caller's, for work that overlaps the caller's fsyncs."""
+        with self._mutex:
+            if self._hpool is None:
+                self._hpool = ThreadPoolExecutor(1, thread_name_prefix="ssd-helper")
+            return self._hpool
 
     def _write_base(self, table: str, gen: int, keys: np.ndarray, slots: np.ndarray) -> dict:
         """Writes a full index file (uint64 keys[m], then slots[m]) -> its manifest entry."""
@@ -448,16 +494,16 @@ class SSDStore:
             keys, slots = t.index.keys, t.index.slots
             epoch = int(t.data.rsplit(".", 2)[-2]) + 1
             data_file = f"{_safe(name)}.{epoch}.rows"
-            tmp = self.dir / (data_file + ".tmp")
-            out = DataFile(tmp, t.width, 0)
+            # Written under its final names: no manifest references them until the one below, and an open deletes
+            # unreferenced files, so a crash meanwhile leaves nothing behind.
+            out = DataFile(self.dir / data_file, t.width, 0)
             try:
                 for a in range(0, len(keys), _COMPACT_ROWS):  # bounded memory, whatever the table's size
                     rows = t.f.gather(slots[a : a + _COMPACT_ROWS], self._reader_pool())  # checksums verified
                     out.append(rows, self.write_hook)
-                os.fsync(out.fd)
+                out.sync()
             finally:
                 out.close()
-            os.replace(tmp, self.dir / data_file)
             entries[name] = {
                 "width": t.width,
                 "data": data_file,
@@ -500,6 +546,14 @@ class SSDStore:
         """Rows on disk, live or stale."""
         return sum(t.f.n_slots for t in self.tables.values())
 
+    def drop_cache(self) -> None:
+        """Drops the committed rows of every table from the page cache, so that the next read is cold (benchmarks).
+
+        Only clean pages can be dropped: rows written since the last commit may stay cached.
+        """
+        for t in self.tables.values():
+            t.f.drop_cache()
+
     @staticmethod
     def destroy(directory: str | Path) -> None:
         """Deletes the store at `directory`, refusing while another process has it open.
@@ -524,9 +578,10 @@ class SSDStore:
 
     def close(self) -> None:
         """Closes files and releases the lock (does not commit: uncommitted writes are dropped at the next open)."""
-        if self._pool is not None:
-            self._pool.shutdown()
-            self._pool = None
+        for pool in (self._pool, self._hpool):
+            if pool is not None:
+                pool.shutdown()
+        self._pool = self._hpool = None
         for t in self.tables.values():
             t.close()
         self.tables = {}

@@ -1,22 +1,21 @@
-"""One table of the SSD store: its append-only data file and its in-memory key index.
+"""One table of the SSD store: its append-only data and checksum files and its in-memory key index.
 
-A data file holds fixed-size records of ``width`` float32 plus one uint32 checksum (``4 * (width + 1)`` bytes). The
-key index is two parallel arrays, sorted keys and their record slots, searched with ``np.searchsorted`` and updated
-by inserting the (sorted) new keys. Each update builds new arrays, so a reader that took the old pair keeps a
-consistent snapshot while a write-back runs beside it.
+A data file holds fixed-size records of ``width`` float32 (``4 * width`` bytes); its checksum file, one uint32 per
+record (see :func:`hier_ps.ssd.files.row_checksums`). The key index is two parallel arrays, sorted keys and their
+record slots, searched with ``np.searchsorted`` and updated by inserting the (sorted) new keys.
 
-Reads visit the file in slot order, window by window (8 MiB). A window whose rows touch at least 1/8 of its pages,
-and whose pages are not in the page cache (``mincore``), is read with one ``preadv`` of the span its rows cover:
-sequential I/O, one system call. Every other row is copied from a memory map advised ``MADV_RANDOM``: a memory copy
-when its page is cached, one 4 KiB page read otherwise (no read-around, which would pull in 32x the bytes for
-scattered rows). With a thread pool, windows and chunks of rows are read in parallel, keeping several I/Os in
-flight. Rows land in the caller's order either way.
+Writes hand the caller's rows to ``pwrite`` as they are, in 8 MiB chunks from a writer thread that also starts each
+chunk's write-back (``sync_file_range``), while the calling thread computes their checksums.
 
-Measured on the 2-core VM (5M rows of 324 bytes, 1.6 GB; "cold" = pages dropped with ``POSIX_FADV_DONTNEED``; ranges
-over runs on a shared machine), against the previous single memory-map gather: 1M random keys 0.95-2.3 s cold /
-0.39-0.65 s warm (was 2.7-3.5 / 1.1-1.5); 100k keys 1.1-2.1 / 0.11-0.22 (was 1.6-1.9 / 0.12-0.15); 10k keys
-0.24-0.35 / 0.007-0.01 (was 1.3-2.2 / 0.013-0.017). Warm reads of pages not yet mapped by this process pay a minor
-fault per page either way.
+Reads: when a sample of the rows' pages is in the page cache, rows are gathered from a memory map (normal advice,
+so a fault maps the cached pages around it too) by torch's multithreaded ``index_select``, then checksums are
+verified in chunks of 32k rows on the read pool's threads. Otherwise reads visit the file in slot order, window by
+window (16 MiB). A window whose rows touch at least 1/4 of its pages, and whose pages are not cached (``mincore``),
+is read with one ``preadv`` of the span its rows cover: sequential I/O, one system call, several windows in flight
+on the pool. Every other row is copied from a map advised ``MADV_RANDOM`` (no read-around, which would pull in 32x the
+bytes for scattered rows), after one ``POSIX_FADV_WILLNEED`` per run of their pages has queued all their reads at
+once (a page fault at a time would keep one read in flight per thread). Rows land in the caller's order either way.
+Numbers: ``benchmarks/RESULTS.md`` (ssd_bench).
 """
 
 from __future__ import annotations
@@ -26,24 +25,28 @@ import functools
 import mmap
 import os
 import threading
+import warnings
 from collections.abc import Callable
-from concurrent.futures import Executor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
 from hier_ps.errors import StoreError
-from hier_ps.ssd.files import WriteHook, row_checksums, write_at
+from hier_ps.ssd.files import WriteHook, call_hook, row_checksums, start_writeback, write_at
 
-__all__ = ["DataFile", "KeyIndex", "in_sorted", "sorted_lookup"]
+__all__ = ["DataFile", "KeyIndex", "in_sorted", "is_sorted", "search_sorted", "sorted_lookup", "sums_path", "take_rows"]
 
 #: Reads are planned per window of this many bytes of the data file.
-WINDOW_BYTES = 8 << 20
+WINDOW_BYTES = 16 << 20
 _PAGE = 4096
-_DENSE_PAGE_SHARE = 1 / 8
-_MAP_CHUNKS = 16  # rows read through the map are split into this many jobs at most (I/Os in flight with a pool)
-_MAP_MIN_ROWS = 512  # ... of at least this many rows each
+_DENSE_PAGE_SHARE = 1 / 4
+#: Appends are packed and written in chunks of this many bytes (two buffers: one packed while the other is written).
+WRITE_CHUNK_BYTES = 8 << 20
+_CHUNK_ROWS = 32768  # rows per job of a gather from the map and of a checksum check (~9 MiB at dim 64: fits L3)
 _SAMPLE = 64  # rows probed for page-cache residency before planning a read
+_SUMS = -1  # key of the checksum file's map
+_SEARCH_BLOCK = 1 << 15  # sorted queries per block of search_sorted
 
 
 @functools.cache
@@ -58,6 +61,24 @@ def _mincore() -> Callable[[int, int, int], int] | None:
     return fn
 
 
+def take_rows(src: np.ndarray, idx: np.ndarray, out: np.ndarray) -> None:
+    """``out[:] = src[idx]`` for rows: src float32[n, w] (a read-only map), idx int64[m], out float32[m, w] contiguous.
+
+    Through torch's ``index_select``, which copies rows on all of torch's threads and ran 2-2.5x faster than numpy's
+    fancy indexing in one thread on the development VM (600k rows of 276 B: 81 ms vs 176-210 ms, the cores shared).
+    """
+    import torch  # a dependency of hier_ps anyway; imported here so that importing the store stays light
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # torch warns that the map is read-only: it is only read
+        torch.index_select(torch.from_numpy(src), 0, torch.from_numpy(idx), out=torch.from_numpy(out))
+
+
+def is_sorted(keys: np.ndarray) -> bool:
+    """Whether `keys` (uint64[n]) strictly increase (one vectorized pass, no sort)."""
+    return bool(len(keys) < 2 or (keys[1:] > keys[:-1]).all())
+
+
 def in_sorted(index_keys: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Where `keys` uint64[n] sit in a sorted uint64[m] array: (position int64[n] clipped to the array, found bool[n]).
 
@@ -69,7 +90,35 @@ def in_sorted(index_keys: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.
     return pos, index_keys[pos] == keys
 
 
-def sorted_lookup(index_keys: np.ndarray, index_slots: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, ...]:
+def search_sorted(index_keys: np.ndarray, sk: np.ndarray, pool: Executor | None = None) -> np.ndarray:
+    """``np.searchsorted(index_keys, sk)`` for sorted `sk` (uint64[n]), block by block of 32k queries -> int64[n].
+
+    Each block is searched only in the part of the index between its first query and the next block's, a slice
+    that fits in the CPU cache: 1.6x faster than one search in one thread, 3.2x on a pool of 4 (3M sorted keys in a
+    10M-key index on the development VM).
+    """
+    b = _SEARCH_BLOCK
+    if len(sk) <= b:
+        return np.searchsorted(index_keys, sk)
+    out = np.empty(len(sk), np.int64)
+    bounds = np.r_[np.searchsorted(index_keys, sk[::b]), len(index_keys)].tolist()
+
+    def block(i: int) -> None:
+        lo, hi = bounds[i], bounds[i + 1]
+        out[i * b : (i + 1) * b] = np.searchsorted(index_keys[lo:hi], sk[i * b : (i + 1) * b]) + lo
+
+    if pool is None:
+        for i in range(len(bounds) - 1):
+            block(i)
+    else:
+        for f in [pool.submit(block, i) for i in range(len(bounds) - 1)]:
+            f.result()
+    return out
+
+
+def sorted_lookup(
+    index_keys: np.ndarray, index_slots: np.ndarray, keys: np.ndarray, pool: Executor | None = None
+) -> tuple[np.ndarray, ...]:
     """Looks `keys` up in a sorted index, searching them in sorted order (cache-friendly: ~20x faster for 1M keys).
 
     Args:
@@ -82,18 +131,24 @@ def sorted_lookup(index_keys: np.ndarray, index_slots: np.ndarray, keys: np.ndar
         sequence, ``pos`` is its insertion point in the index, ``found`` whether it is there and ``slots`` its slot
         (meaningless where not found).
     """
-    order = np.argsort(keys)  # keys are unique: any sort is stable
-    sk = keys[order]
-    pos = np.searchsorted(index_keys, sk)
-    clipped, found = in_sorted(index_keys, sk)
-    slots = index_slots[clipped] if len(index_keys) else np.zeros(len(keys), np.int64)
-    return order, pos, found, slots
+    if is_sorted(keys):  # a pass plan's and a write-back's keys already are: skip the sort
+        order, sk = np.arange(len(keys)), keys
+    else:
+        order = np.argsort(keys)  # keys are unique: any sort is stable
+        sk = keys[order]
+    pos = search_sorted(index_keys, sk, pool)
+    if not len(index_keys):
+        return order, pos, np.zeros(len(keys), bool), np.zeros(len(keys), np.int64)
+    clipped = np.minimum(pos, len(index_keys) - 1)
+    return order, pos, index_keys[clipped] == sk, index_slots[clipped]
 
 
 class KeyIndex:
     """Sorted uint64 keys and their int64 record slots.
 
-    Every update builds new arrays, so a reader holding the old pair keeps a consistent snapshot.
+    Inserts and removals build new arrays; rewriting known keys changes their slots in place. Callers serialize
+    lookups and updates (the store holds a mutex around both); a lookup returns copies, and the rows at old slots
+    stay in the append-only file, so a read that looked its keys up before a write still reads a consistent set.
 
     Args:
         keys: uint64[m], sorted, unique.
@@ -107,19 +162,32 @@ class KeyIndex:
     def __len__(self) -> int:
         return len(self.keys)
 
-    def put(self, keys: np.ndarray, slots: np.ndarray) -> None:
-        """Points keys (uint64[n], unique) at slots (int64[n]), inserting the new ones in order."""
+    def plan_put(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The searches of a :meth:`put` of keys (uint64[n], unique) -> (order, pos, found); changes nothing.
+
+        A writer can run them while its rows are being written, then apply them (no other update may come between).
+        """
+        order, pos, found, _ = sorted_lookup(self.keys, self.slots, keys)
+        return order, pos, found
+
+    def put(
+        self, keys: np.ndarray, slots: np.ndarray, plan: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+    ) -> None:
+        """Points keys (uint64[n], unique) at slots (int64[n]), inserting the new ones in order.
+
+        `plan` is :meth:`plan_put` of the same keys on the index as it is now, if already computed.
+        """
         if not len(keys):
             return
-        order, pos, found, _ = sorted_lookup(self.keys, self.slots, keys)
+        order, pos, found = plan if plan is not None else self.plan_put(keys)
         sk, ss = keys[order], slots[order]
-        new_slots = self.slots.copy()
-        new_slots[pos[found]] = ss[found]
         add = ~found
         if add.any():
+            new_slots = self.slots.copy()
+            new_slots[pos[found]] = ss[found]
             self.keys, self.slots = np.insert(self.keys, pos[add], sk[add]), np.insert(new_slots, pos[add], ss[add])
         else:
-            self.slots = new_slots
+            self.slots[pos] = ss  # a write-back of known keys: in place, no copy of the whole index
 
     def remove(self, keys: np.ndarray) -> None:
         """Drops keys (uint64[n]); absent keys are ignored."""
@@ -131,67 +199,131 @@ class KeyIndex:
             keep[pos[found]] = False
             self.keys, self.slots = self.keys[keep], self.slots[keep]
 
-    def lookup(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """-> (slots int64[n], found bool[n]) of keys (uint64[n], unique), in the caller's order."""
-        order, _, found_s, slots_s = sorted_lookup(self.keys, self.slots, keys)
+    def lookup(self, keys: np.ndarray, pool: Executor | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """-> (slots int64[n], found bool[n]) of keys (uint64[n], unique), in the caller's order (searched on
+        `pool`'s threads where given)."""
+        order, _, found_s, slots_s = sorted_lookup(self.keys, self.slots, keys, pool)
+        if len(order) and order[-1] == len(order) - 1 and order[0] == 0 and is_sorted(keys):
+            return slots_s, found_s  # keys were sorted: already in the caller's order
         slots = np.empty(len(keys), np.int64)
         found = np.empty(len(keys), bool)
         slots[order], found[order] = slots_s, found_s
         return slots, found
 
 
+def sums_path(path: Path) -> Path:
+    """The checksum file beside a data file: ``<name>.rows`` -> ``<name>.sums``."""
+    return path.with_name(path.name.removesuffix(".rows") + ".sums")
+
+
 class DataFile:
-    """A table's append-only data file of ``width`` float32 + one uint32 checksum per record.
+    """A table's append-only data file of ``width`` float32 per record, and its checksum file of one uint32 each.
+
+    Keeping the checksums in their own file lets a write send the caller's rows to the file as they are (no packing
+    copy) and a read return them contiguous.
 
     Args:
-        path: the data file (created if missing).
+        path: the data file (created if missing, with its checksum file :func:`sums_path`).
         width: row width in float32 units.
         committed_rows: records the last commit covers; anything after them is cut away.
 
     Raises:
-        StoreError: the data file is shorter than its last commit says.
+        StoreError: the data or checksum file is shorter than its last commit says.
     """
 
     def __init__(self, path: Path, width: int, committed_rows: int, *, readonly: bool = False) -> None:
         self.path, self.width = path, width
-        self.row_bytes = 4 * (width + 1)
-        need = committed_rows * self.row_bytes
-        if readonly and not committed_rows and not path.exists():
-            self.fd = os.open(os.devnull, os.O_RDONLY)  # a table with no rows yet: nothing to read, nothing to make
-        else:
-            self.fd = os.open(path, os.O_RDONLY if readonly else os.O_RDWR | os.O_CREAT, 0o644)
-        size = os.fstat(self.fd).st_size
-        if size < need:
-            os.close(self.fd)
-            raise StoreError(f"{path}: data file holds {size} bytes, its last commit needs {need} (truncated store)")
-        if size > need and not readonly:
-            os.ftruncate(self.fd, need)  # rows appended after that commit
+        self.sums_path = sums_path(path)
+        self.row_bytes = 4 * width
+        self.fd = self.sfd = -1
+        try:
+            self.fd = self._open(path, committed_rows * self.row_bytes, committed_rows, readonly)
+            self.sfd = self._open(self.sums_path, committed_rows * 4, committed_rows, readonly)
+        except BaseException:
+            self.close()
+            raise
         self.n_slots = committed_rows
-        self._map: np.ndarray | None = None
+        self._map: dict[int, np.ndarray] | None = None  # madvise advice (or _SUMS) -> a map of the file
         self._local = threading.local()
+        self._wpool: ThreadPoolExecutor | None = None
+
+    @staticmethod
+    def _open(path: Path, need: int, committed_rows: int, readonly: bool) -> int:
+        """Opens one of the two files and cuts it back to `need` bytes (what the last commit covers) -> its fd."""
+        if readonly and not committed_rows and not path.exists():
+            return os.open(os.devnull, os.O_RDONLY)  # a table with no rows yet: nothing to read, nothing to make
+        fd = os.open(path, os.O_RDONLY if readonly else os.O_RDWR | os.O_CREAT, 0o644)
+        size = os.fstat(fd).st_size
+        if size < need:
+            os.close(fd)
+            raise StoreError(f"{path}: file holds {size} bytes, its last commit needs {need} (truncated store)")
+        if size > need and not readonly:
+            os.ftruncate(fd, need)  # rows appended after that commit
+        return fd
 
     def append(self, rows: np.ndarray, hook: WriteHook | None = None) -> np.ndarray:
-        """Appends rows float32[n, width] with their checksums -> their slots int64[n] (not yet indexed).
+        """Appends rows float32[n, width] and their checksums -> their slots int64[n] (not yet indexed).
 
-        `hook` is called before the write (fault injection in tests).
+        The rows go to the file as they are, chunk by chunk, from a writer thread that also starts each chunk's
+        write-back to the disk (``sync_file_range``), while this thread computes the chunks' checksums: so the
+        checksums, the copy into the page cache and the disk's work overlap, and the commit's fsync finds little
+        left to do. `hook` is called once, before anything is written (fault injection in tests).
+
+        Raises:
+            StoreError: a write failed (disk full, ...), naming the file; the rows are not appended.
         """
-        packed = np.empty((len(rows), self.width + 1), np.float32)
-        packed[:, : self.width] = rows
-        packed[:, self.width] = row_checksums(packed[:, : self.width]).view(np.float32)
-        write_at(self.fd, self.path, packed.reshape(-1).view(np.uint8), self.n_slots * self.row_bytes, hook)
-        slots = np.arange(self.n_slots, self.n_slots + len(rows), dtype=np.int64)
-        self.n_slots += len(rows)
+        n, rb = len(rows), self.row_bytes
+        call_hook(hook, self.path, n * rb)
+        rows = np.ascontiguousarray(rows, np.float32)
+        sums = np.empty(n, np.uint32)
+        step = max(1, WRITE_CHUNK_BYTES // rb)
+        writer = self._writer() if n > step else None
+        pending: list[Future] = []
+        try:
+            for a in range(0, n, step):
+                chunk, off = rows[a : a + step], (self.n_slots + a) * rb
+                if writer is None:
+                    self._write_chunk(chunk, off)
+                else:
+                    pending.append(writer.submit(self._write_chunk, chunk, off))
+                sums[a : a + step] = row_checksums(chunk)
+        finally:
+            for f in pending:  # wait for every write, failed or not, before returning or raising
+                f.exception()
+        for f in pending:
+            f.result()
+        write_at(self.sfd, self.sums_path, sums.view(np.uint8), self.n_slots * 4, None)
+        slots = np.arange(self.n_slots, self.n_slots + n, dtype=np.int64)
+        self.n_slots += n
         return slots
+
+    def _write_chunk(self, chunk: np.ndarray, offset: int) -> None:
+        """pwrite of rows float32[k, width] at `offset`, then their write-back to the disk is started."""
+        data = chunk.reshape(-1).view(np.uint8)
+        write_at(self.fd, self.path, data, offset, None)
+        start_writeback(self.fd, offset, len(data))
+
+    def _writer(self) -> ThreadPoolExecutor:
+        if self._wpool is None:
+            self._wpool = ThreadPoolExecutor(1, thread_name_prefix="ssd-write")
+        return self._wpool
+
+    def sync(self) -> None:
+        """Makes the appended records durable (fdatasync: each file's size is flushed with its data)."""
+        for job in self.sync_jobs():
+            job()
+
+    def sync_jobs(self) -> list[Callable[[], None]]:
+        """The two fdatasyncs of :meth:`sync`, to run side by side (each one mostly waits for the disk)."""
+        return [functools.partial(os.fdatasync, self.fd), functools.partial(os.fdatasync, self.sfd)]
 
     def gather(self, slots: np.ndarray, pool: Executor | None = None) -> np.ndarray:
         """Reads the records at `slots` (int64[m], any order) -> rows float32[m, width] in that order.
 
         Windows of the file worth one sequential read (dense, not in the page cache) are read whole, in slot order;
-        every other row is copied from the memory map (see the module docstring). With a `pool`, windows and chunks
-        of rows are read by its threads, which keeps several I/Os in flight. Every checksum is verified.
-
-        The result is a view of a float32[m, width + 1] buffer (records with their checksums): its rows are
-        ``4 * (width + 1)`` bytes apart, which saves a copy of every row.
+        every other row is copied from a memory map (see the module docstring). With a `pool`, chunks of rows and
+        windows are read, and checksums verified, by its threads, which keeps several I/Os in flight and both cores
+        busy. Every checksum is verified.
 
         Raises:
             StoreError: a checksum mismatch or a short read (a damaged data file), naming the file and the row.
@@ -199,60 +331,97 @@ class DataFile:
         w = self.width
         if not len(slots):
             return np.zeros((0, w), np.float32)
+        raw = np.empty((len(slots), w), np.float32)
         view = self._view()
-        # A sample of rows first: a batch whose pages are all cached is copied from the map in one gather, in the
-        # calling thread (threads would only contend for the memory bus).
+        # A sample of rows first: a batch whose pages are all cached is copied from the map in one multithreaded
+        # gather (no planning), then verified chunk by chunk on the pool.
         sample = slots[np.linspace(0, len(slots) - 1, min(len(slots), _SAMPLE), dtype=np.int64)].tolist()
+        c = _CHUNK_ROWS
         if self._probe(view, sample) is True:
-            raw = view[slots]
+            take_rows(self._view(mmap.MADV_NORMAL), slots, raw)
+            self._run(pool, [(self._verify, (raw[a : a + c], slots[a : a + c])) for a in range(0, len(slots), c)])
+            return raw
+        order, spans, by_map = self._plan(view, slots)
+        maps = {adv: self._view(adv) for adv in by_map}
+        if by_map[mmap.MADV_RANDOM]:
+            self._prefetch(slots[order[np.concatenate(by_map[mmap.MADV_RANDOM])]])
+
+        def from_map(adv: int, pos: np.ndarray) -> None:
+            raw[pos] = maps[adv][slots[pos]]  # a copy if cached; else a fault per page (MADV_RANDOM: no read-around)
+
+        jobs = [(self._read_span, (order[idx], slots, raw)) for idx in spans]
+        for adv, parts in by_map.items():
+            # In the caller's order: consecutive rows of `raw` are written one after the other.
+            mapped = np.sort(order[np.concatenate(parts)]) if parts else np.zeros(0, np.int64)
+            # Scattered rows that are not cached cost a page read each: at least 16 jobs keep I/Os in flight.
+            step = _CHUNK_ROWS if adv == mmap.MADV_NORMAL else min(_CHUNK_ROWS, max(512, -(-len(mapped) // 16)))
+            jobs += [(from_map, (adv, mapped[a : a + step])) for a in range(0, len(mapped), step)]
+        self._run(pool, jobs)
+        self._run(pool, [(self._verify, (raw[a : a + c], slots[a : a + c])) for a in range(0, len(slots), c)])
+        return raw
+
+    def _prefetch(self, ss: np.ndarray) -> None:
+        """Asks the kernel to start reading the pages of the records at sorted slots `ss` (POSIX_FADV_WILLNEED).
+
+        One hint per run of consecutive pages, all issued before the rows are copied: the disk then works on many
+        reads at once instead of one page fault at a time. Pages already cached cost only the call.
+        """
+        if not len(ss):
+            return
+        rb = self.row_bytes
+        pages = np.unique(np.concatenate([ss * rb // _PAGE, ((ss + 1) * rb - 1) // _PAGE]))
+        cut = np.flatnonzero(np.diff(pages) != 1) + 1
+        starts, ends = pages[np.r_[0, cut]], pages[np.r_[cut - 1, len(pages) - 1]]
+        advise, willneed = os.posix_fadvise, os.POSIX_FADV_WILLNEED
+        for off, length in zip((starts * _PAGE).tolist(), ((ends - starts + 1) * _PAGE).tolist(), strict=True):
+            advise(self.fd, off, length, willneed)
+
+    @staticmethod
+    def _run(pool: Executor | None, jobs: list[tuple[Callable, tuple]]) -> None:
+        """Runs (fn, args) jobs, on the pool's threads when there is a pool and more than one job."""
+        if pool is None or len(jobs) == 1:
+            for fn, args in jobs:
+                fn(*args)
         else:
-            raw = np.empty((len(slots), w + 1), np.float32)
-            order, spans, by_map = self._plan(view, slots)
-            # Through the map in the caller's order: consecutive rows of `raw` are written one after the other.
-            mapped = np.sort(order[np.concatenate(by_map)])
-            n_chunks = max(1, min(_MAP_CHUNKS, len(mapped) // _MAP_MIN_ROWS)) if pool is not None else 1
+            for f in [pool.submit(fn, *args) for fn, args in jobs]:
+                f.result()
 
-            def from_map(pos: np.ndarray) -> None:
-                raw[pos] = view[slots[pos]]  # a copy if cached; else a fault per page (MADV_RANDOM: no read-around)
-
-            jobs = [(self._read_span, (order[idx], slots, raw)) for idx in spans]
-            jobs += [(from_map, (c,)) for c in np.array_split(mapped, n_chunks) if len(c)]
-            if pool is None or len(jobs) == 1:
-                for fn, args in jobs:
-                    fn(*args)
-            else:
-                for f in [pool.submit(fn, *args) for fn, args in jobs]:
-                    f.result()
-        bad = row_checksums(raw[:, :w]) != raw[:, w].view(np.uint32)
+    def _verify(self, raw: np.ndarray, slots: np.ndarray) -> None:
+        """Checks the rows raw float32[k, width] read from `slots` int64[k] against their checksums."""
+        bad = row_checksums(raw) != self._sums()[slots]
         if bad.any():
-            raise StoreError(f"{self.path}: checksum mismatch in row {int(slots[np.argmax(bad)])} (corrupt data file)")
-        return raw[:, :w]
+            raise StoreError(
+                f"{self.path}: checksum mismatch in row {int(slots[np.argmax(bad)])} (corrupt data file, or its "
+                f"checksum file {self.sums_path.name})"
+            )
 
-    def _plan(self, view: np.ndarray, slots: np.ndarray) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray]]:
+    def _plan(self, view: np.ndarray, slots: np.ndarray) -> tuple[np.ndarray, list[np.ndarray], dict[int, list]]:
         """Decides how to read each record -> (order, spans, mapped).
 
         ``order`` sorts `slots`; ``spans`` are lists of positions in that sorted order to read with one preadv each,
-        ``mapped`` the sorted positions to copy from the map. Scattered rows go through the map whatever their
-        state (a fault per page when not cached). A window dense enough for one sequential read gets it only for
-        its rows not already in the page cache, and only while those are still dense enough: reading cached pages
-        again would be a wasted copy.
+        ``mapped`` maps an madvise advice to the sorted positions to copy from a map with that advice. Scattered
+        rows go through the ``MADV_RANDOM`` map whatever their state (a fault per page when not cached, without
+        read-around). Cached rows of dense windows go through an ``MADV_NORMAL`` map, whose faults map the cached
+        pages around them too. A window dense enough for one sequential read gets it only for its rows not already
+        in the page cache, and only while those are still dense enough: reading cached pages again would be a
+        wasted copy.
         """
         order = np.argsort(slots)
         ss = slots[order]
         dense = self._dense_windows(ss)
         spans: list[np.ndarray] = []
-        mapped = [np.flatnonzero(~dense)]
+        scattered, cached_rows = [np.flatnonzero(~dense)], []
         for idx in self._windows(ss, np.flatnonzero(dense)):
             # A few rows' pages first (page-cache state comes in large runs); the whole window only when mixed.
             probe = self._probe(view, ss[idx[np.linspace(0, len(idx) - 1, 4, dtype=np.int64)]].tolist())
             cached = np.full(len(idx), probe) if probe is not None else self._resident(view, ss[idx])
             cold = idx[~cached]
-            mapped.append(idx[cached])
+            cached_rows.append(idx[cached])
             if len(cold) and self._dense_windows(ss[cold])[0]:
                 spans.append(cold)
             else:
-                mapped.append(cold)
-        return order, spans, mapped
+                scattered.append(cold)
+        return order, spans, {mmap.MADV_RANDOM: scattered, mmap.MADV_NORMAL: cached_rows}
 
     def _windows(self, ss: np.ndarray, idx: np.ndarray) -> list[np.ndarray]:
         """Splits `idx` (positions in the sorted slots `ss`, ascending) by the window of ss[idx]."""
@@ -288,7 +457,7 @@ class DataFile:
         got = os.preadv(self.fd, [memoryview(buf)[:nbytes]], lo * rb)
         if got != nbytes:
             raise StoreError(f"{self.path}: short read at row {lo} (truncated data file)")
-        raw[pos] = buf[:nbytes].view(np.float32).reshape(-1, self.width + 1)[sp - lo]
+        raw[pos] = buf[:nbytes].view(np.float32).reshape(-1, self.width)[sp - lo]
 
     def _probe(self, view: np.ndarray, slots: list[int]) -> bool | None:
         """Whether the records at these few slots are all in the page cache (True), none are (False), or mixed."""
@@ -320,17 +489,41 @@ class DataFile:
         vec &= 1
         return (vec[first - p0] & vec[last - p0]).astype(bool)
 
-    def _view(self) -> np.ndarray:
-        """float32[n_slots, width + 1] over a read-only map of the file, remapped when the file has grown."""
-        view, n = self._map, self.n_slots  # read once: a write in another thread may append meanwhile
+    def _view(self, advice: int = mmap.MADV_RANDOM) -> np.ndarray:
+        """float32[n_slots, width] over a read-only map of the data file with this madvise advice, remapped when
+        the file has grown."""
+        return self._mapped(advice, self.fd, self.width, np.float32)
+
+    def _sums(self) -> np.ndarray:
+        """uint32[n_slots]: the checksums, over a map of the checksum file (small: 4 bytes a row; read-around is
+        welcome there)."""
+        return self._mapped(_SUMS, self.sfd, 1, np.uint32)[:, 0]
+
+    def _mapped(self, key: int, fd: int, width: int, dtype: type) -> np.ndarray:
+        maps = self._map if self._map is not None else {}
+        view, n = maps.get(key), self.n_slots  # n read once: a write in another thread may append meanwhile
         if view is None or view.shape[0] < n:
-            mm = mmap.mmap(self.fd, n * self.row_bytes, prot=mmap.PROT_READ)
-            mm.madvise(mmap.MADV_RANDOM)  # no read-around: scattered rows would pull in 32x the bytes they need
-            view = np.frombuffer(mm, np.float32).reshape(n, self.width + 1)
-            self._map = view
+            if n == 0:
+                return np.zeros((0, width), dtype)
+            mm = mmap.mmap(fd, n * width * 4, prot=mmap.PROT_READ)
+            mm.madvise(mmap.MADV_NORMAL if key == _SUMS else key)
+            view = np.frombuffer(mm, dtype).reshape(n, width)
+            self._map = {**maps, key: view}  # a new dict: a reader in another thread keeps the one it took
         return view
 
+    def drop_cache(self) -> None:
+        """Unmaps the files and asks the kernel to drop their clean pages from the page cache (for cold reads)."""
+        self._map = None  # mapped pages cannot be dropped
+        for fd in (self.fd, self.sfd):
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+
     def close(self) -> None:
-        """Closes the data file."""
+        """Closes the data and checksum files."""
         self._map = None
-        os.close(self.fd)
+        if self._wpool is not None:
+            self._wpool.shutdown()
+            self._wpool = None
+        for fd in (self.fd, self.sfd):
+            if fd >= 0:
+                os.close(fd)
+        self.fd = self.sfd = -1

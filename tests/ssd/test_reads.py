@@ -92,7 +92,7 @@ def test_corrupt_row_is_caught_in_span_and_in_scattered_reads(tmp_path: Path, sm
         s.commit()
     (data,) = tmp_path.glob("*.rows")
     raw = bytearray(data.read_bytes())
-    raw[12_345 * (width + 1) * 4 + 9] ^= 0x01  # one bit of row 12345
+    raw[12_345 * width * 4 + 9] ^= 0x01  # one bit of row 12345
     data.write_bytes(bytes(raw))
     with SSDStore(tmp_path, {"t": width}) as s:
         for q in (k, k[12_345 - 3 : 12_345 + 3], k[12_345::5000]):  # dense span, small span, scattered
@@ -148,3 +148,22 @@ def test_page_cache_probes(tmp_path: Path) -> None:
         assert f._probe(view, probe) is None and f._resident(view, np.array(probe)).tolist() == [False, True, False]
         rows, found = s.read("t", k)  # a cold read through both paths
         assert found.all() and np.array_equal(rows, rows_for(k, 7))
+
+
+@pytest.mark.parametrize("block", [1, 3, 64])
+def test_blocked_search_equals_searchsorted(monkeypatch: pytest.MonkeyPatch, block: int) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    monkeypatch.setattr(table, "_SEARCH_BLOCK", block)
+    rng = np.random.default_rng(block)
+    index = np.unique(rng.integers(0, 1000, 300, dtype=np.uint64))
+    for queries in (
+        np.unique(rng.integers(0, 1200, 500, dtype=np.uint64)),  # present, absent, past the end
+        np.arange(5, dtype=np.uint64),
+        index[::2],
+    ):
+        want = np.searchsorted(index, queries)
+        np.testing.assert_array_equal(table.search_sorted(index, queries), want)
+        with ThreadPoolExecutor(3) as pool:
+            np.testing.assert_array_equal(table.search_sorted(index, queries, pool), want)
+    assert table.search_sorted(np.zeros(0, np.uint64), np.arange(9, dtype=np.uint64)).tolist() == [0] * 9

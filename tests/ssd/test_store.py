@@ -76,7 +76,8 @@ def test_sigkill_during_writes_keeps_last_commit(tmp_path: Path) -> None:
         rows, found = s.read("a", np.arange(20000, dtype=np.uint64))
         assert found.all() and (rows == 5).all()  # the commit after write i == 3 (value 5)
         (data,) = tmp_path.glob("*.rows")
-        assert os.path.getsize(data) == 5 * 20000 * 17 * 4  # uncommitted tail cut away (16 floats + checksum)
+        assert os.path.getsize(data) == 5 * 20000 * 16 * 4  # uncommitted tail cut away
+        assert os.path.getsize(data.with_suffix(".sums")) == 5 * 20000 * 4  # ... from the checksums too
 
 
 def test_lock_conflict_in_process_and_across_processes(tmp_path: Path) -> None:
@@ -157,7 +158,7 @@ def test_flipped_byte_in_a_row_is_caught_at_read(tmp_path: Path) -> None:
         s.commit()
     (data,) = tmp_path.glob("*.rows")
     raw = bytearray(data.read_bytes())
-    raw[37 * 9 * 4 + 5] ^= 0x10  # a byte inside row 37
+    raw[37 * 8 * 4 + 5] ^= 0x10  # a byte inside row 37
     data.write_bytes(bytes(raw))
     with SSDStore(tmp_path, {"a": 8}) as s:
         s.read("a", k[:30])  # rows before it are fine
@@ -353,3 +354,55 @@ def test_stats_count_rows_bytes_and_commits(tmp_path: Path) -> None:
         s.read("a", np.arange(5, 15, dtype=np.uint64))  # 5 found
         s.commit()
         assert s.stats == {"rows_read": 5, "rows_written": 10, "bytes_read": 80, "bytes_written": 160, "commits": 1}
+
+
+def test_flipped_byte_in_the_checksum_file_is_caught_and_named(tmp_path: Path) -> None:
+    k = np.arange(3000, dtype=np.uint64)
+    with SSDStore(tmp_path, {"a": 8}) as s:
+        s.write("a", k, rows_for(k, 8))
+        s.commit()
+    (sums,) = tmp_path.glob("*.sums")
+    raw = bytearray(sums.read_bytes())
+    raw[2500 * 4 + 2] ^= 0x04  # the checksum of row 2500
+    sums.write_bytes(bytes(raw))
+    with SSDStore(tmp_path, {"a": 8}) as s:
+        assert np.array_equal(s.read("a", k[:2000])[0], rows_for(k[:2000], 8))
+        with pytest.raises(StoreError, match=f"checksum mismatch in row 2500 .*checksum file {sums.name}"):
+            s.read("a", k)
+
+
+def test_truncated_checksum_file_and_old_format_give_clear_errors(tmp_path: Path) -> None:
+    k = np.arange(100, dtype=np.uint64)
+    with SSDStore(tmp_path, {"a": 2}) as s:
+        s.write("a", k, rows_for(k, 2))
+        gen = s.commit()
+    (sums,) = tmp_path.glob("*.sums")
+    os.truncate(sums, 40)
+    with pytest.raises(StoreError, match=rf"{sums.name}: file holds 40 bytes, its last commit needs 400"):
+        SSDStore(tmp_path, {"a": 2})
+    manifest = tmp_path / f"manifest.{gen:010d}.json"
+    m = json.loads(manifest.read_text())
+    m["format"] = 2  # a store written before the checksums moved to their own file
+    manifest.write_text(json.dumps(m))
+    with pytest.raises(StoreError, match="store format 2, this version of hier_ps reads format 3 only"):
+        SSDStore(tmp_path, {"a": 2})
+
+
+def test_write_backs_in_and_out_of_key_order_reopen_equal(tmp_path: Path) -> None:
+    """A commit of one sorted write takes its delta straight from the write; others go through the index."""
+    rng = np.random.default_rng(5)
+    k = np.sort(rng.choice(2**40, 5000, replace=False).astype(np.uint64))
+    model = {}
+    with SSDStore(tmp_path, {"a": 3}) as s:
+        for i, q in enumerate([k, k[::3], rng.permutation(k[:700]), k[100:200]]):
+            s.write("a", q, rows_for(q, 3, salt=i))
+            model.update(zip(q.tolist(), rows_for(q, 3, salt=i), strict=True))
+            if i == 2:
+                s.delete("a", k[150:160])
+                for key in k[150:160].tolist():
+                    model.pop(key)
+            s.commit()
+    with SSDStore(tmp_path, {"a": 3}) as s:
+        rows, found = s.read("a", k)
+        assert found.tolist() == [key in model for key in k.tolist()]
+        np.testing.assert_array_equal(rows[found], np.array([model[key] for key in k[found].tolist()]))
