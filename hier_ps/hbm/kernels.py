@@ -160,12 +160,14 @@ class CudaKernels(TorchTwins):
 
     def _launch(self, mod: str, name: str, grid: int, block: tuple[int, int], args: tuple) -> None:
         cp = self._cp
-        ptr = torch.cuda.current_stream().cuda_stream
+        dev = next(a.device for a in args if isinstance(a, torch.Tensor))
+        ptr = torch.cuda.current_stream(dev).cuda_stream
         stream = self._streams.get(ptr)
         if stream is None:
-            stream = self._streams[ptr] = cp.cuda.ExternalStream(ptr)
+            stream = self._streams[ptr] = cp.cuda.ExternalStream(ptr, dev.index)
         conv = tuple(cp.uint64(a.data_ptr()) if isinstance(a, torch.Tensor) else a for a in args)
-        with stream:
+        # CuPy's current device is its own (default 0), not torch's: launch on the tensors' device, one rank per GPU
+        with cp.cuda.Device(dev.index), stream:
             self._fn(mod, name)((max(grid, 1),), block, conv)
 
     @staticmethod

@@ -152,14 +152,26 @@ def test_kernel_source_compiles_with_nvcc_and_has_every_kernel_the_loader_calls(
         [NVCC, "-arch=sm_90", "-std=c++17", "--ptx", str(src), "-o", str(ptx)], capture_output=True, text=True
     )
     assert r.returncode == 0, r.stderr
-    entries = set(re.findall(r"\.entry\s+(\w+)", ptx.read_text()))
+    text = ptx.read_text()
+    entries = {m.group(1): m.group(2).count(".param") for m in re.finditer(r"\.entry\s+(\w+)\s*\(([^)]*)\)", text)}
     suffixes = ("fp32", "fp16", "bf16")
     want = {
         "embedding.cu": {f"pooled_forward_{s}" for s in suffixes}
         | {f"backward_{o}_{s}" for o in OPTIMIZERS for s in suffixes},
         "keys.cu": {"mark_heads", "write_unique"} | {f"{k}_rows_{s}" for k in ("gather", "scatter") for s in suffixes},
     }[name]
-    assert want <= entries, sorted(want - entries)
+    assert want <= set(entries), sorted(want - set(entries))
+    # Parameter counts = the argument tuples CudaKernels passes (a mismatch would read garbage on the GPU).
+    n_args = {
+        "pooled_forward": 7,
+        "backward": 18,
+        "mark_heads": 3,
+        "write_unique": 7,
+        "gather_rows": 5,
+        "scatter_rows": 5,
+    }
+    for k in want:
+        assert entries[k] == next(v for p, v in n_args.items() if k.startswith(p)), k
 
 
 # ---------------------------------------------------------------------------------------------- kernels vs twins
