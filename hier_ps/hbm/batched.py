@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from hier_ps.hbm.kernels import kernels_for
+from hier_ps.hbm.kernels import CudaKernels, kernels_for
 
 if TYPE_CHECKING:
     from hier_ps.hbm.working_set import WorkingSet, WorkingSetTable
@@ -71,6 +71,8 @@ class TableGroup:
                 t.emb, t.state = self.emb[lo:hi], self.state[lo:hi]
         self.nulls = torch.tensor(nulls, dtype=torch.int64, device=self.emb.device) if nulls else None
         self.kernels = kernels_for(self.emb.device)
+        #: the CUDA kernels divide mean bags on the fly; the twins divide just the mean slots' bags, in place
+        self.fuses_div = isinstance(self.kernels, CudaKernels)
 
     def zero_nulls(self) -> None:
         """Null rows read as zeros and take no update: reset them after an update (cheaper than masking)."""
@@ -96,10 +98,11 @@ class _Part:
     slots: list[str]
     rows: torch.Tensor  # int64[nnz] group rows of the occurrences, slots concatenated in slot order
     offsets: torch.Tensor  # int64[k*B+1] bag offsets, bag j*B+i = example i of the part's j-th slot
-    div: torch.Tensor | None  # float32[k*B] bag sizes (>= 1) for mean slots, 1 for sum slots; None: all sum
+    div: torch.Tensor | None  # float32[k*B] bag sizes (>= 1) for mean slots, 1 for sum slots (kernels that fuse it)
     urows: torch.Tensor  # int64[U] group rows to update, the tables' unique rows concatenated
     inv: np.ndarray | None  # int64[nnz] position in urows of each occurrence's row (None: planned for eval)
     lengths: np.ndarray  # int64[k*B] bag sizes
+    means: list[tuple[int, int, torch.Tensor]]  # (first bag, end bag, float32[hi-lo, 1] sizes) of each mean slot
     leaf: torch.Tensor | None = None  # float32[k*B, dim] pooled output of the last forward
 
 
@@ -131,7 +134,7 @@ class BatchLookup:
         offsets = np.zeros(len(lengths) + 1, np.int64)
         np.cumsum(lengths, out=offsets[1:])
         div = None
-        if any(pooling[s] == "mean" for s in slots):
+        if g.fuses_div and any(pooling[s] == "mean" for s in slots):
             div = np.concatenate(
                 [np.maximum(np.diff(b.slots[s][0]), 1) if pooling[s] == "mean" else np.ones(len(b)) for s in slots]
             ).astype(np.float32)
@@ -164,6 +167,11 @@ class BatchLookup:
             to(np.concatenate(urows).astype(np.int64, copy=False)),
             None if inv_all is None else inv_all.astype(np.int64, copy=False),
             lengths,
+            [
+                (j * len(b), (j + 1) * len(b), to(np.maximum(np.diff(b.slots[s][0]), 1).astype(np.float32)[:, None]))
+                for j, s in enumerate(slots)
+                if pooling[s] == "mean"
+            ],
         )
 
     def forward(self, requires_grad: bool = False) -> dict[str, torch.Tensor]:
@@ -171,7 +179,12 @@ class BatchLookup:
         output is a leaf whose gradient :meth:`grads` reads after ``backward``)."""
         out: dict[str, torch.Tensor] = {}
         for p in self.parts:
-            pooled = p.group.kernels.pooled(p.group.emb, p.rows, p.offsets, p.div)
+            if p.group.fuses_div:  # the kernel divides mean bags as it writes them
+                pooled = p.group.kernels.pooled(p.group.emb, p.rows, p.offsets, p.div)
+            else:  # divide only the mean slots' bags, in place (a pass over all bags costs more than the sum)
+                pooled = p.group.kernels.pooled(p.group.emb, p.rows, p.offsets, None)
+                for lo, hi, size in p.means:
+                    pooled[lo:hi].div_(size)
             if requires_grad:
                 pooled.requires_grad_(True)
                 p.leaf = pooled
@@ -198,10 +211,16 @@ class BatchLookup:
         torch.cumsum(torch.bincount(inv, minlength=n_u), 0, out=seg[1:])
         return bag[order], seg
 
-    def _grad(self, p: _Part) -> torch.Tensor:
+    def _grad(self, p: _Part) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(pooled gradient, bag sizes for the kernel to divide by | None: already divided)."""
         if p.leaf is None:
             raise RuntimeError("BatchLookup: call forward(requires_grad=True) and backward first")
-        return p.leaf.grad if p.leaf.grad is not None else torch.zeros_like(p.leaf)
+        g = p.leaf.grad if p.leaf.grad is not None else torch.zeros_like(p.leaf)
+        if p.group.fuses_div:
+            return g, p.div
+        for lo, hi, size in p.means:  # the leaf's gradient is ours alone: divide in place
+            g[lo:hi].div_(size)
+        return g, None
 
     def grads(self) -> list[torch.Tensor]:
         """Per group, the summed gradient float32[U, dim] of each unique row (for an all-reduce before
@@ -209,7 +228,8 @@ class BatchLookup:
         out = []
         for p in self.parts:
             bags, seg = self._segments(p)
-            out.append(p.group.kernels.segment_grads(self._grad(p), bags, seg, p.div))
+            grad, div = self._grad(p)
+            out.append(p.group.kernels.segment_grads(grad, bags, seg, div))
         return out
 
     def apply(self, grads: list[torch.Tensor]) -> None:
@@ -223,5 +243,6 @@ class BatchLookup:
         for p in self.parts:
             bags, seg = self._segments(p)
             g = p.group
-            g.kernels.backward_update(g.opt, g.emb, g.state, p.urows, seg, bags, self._grad(p), p.div)
+            grad, div = self._grad(p)
+            g.kernels.backward_update(g.opt, g.emb, g.state, p.urows, seg, bags, grad, div)
             g.zero_nulls()
