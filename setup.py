@@ -11,7 +11,7 @@ setup(
     python_requires=">=3.11",
     install_requires=["torch>=2.4", "numpy>=1.24", "pyarrow>=14", "pyyaml>=6", "tqdm>=4.60", "matplotlib>=3.7"],
     extras_require={
-        "cuda": ["cupy-cuda12x>=13"],
+        "cuda": ["cupy-cuda13x>=14"],  # CUDA 13 machines (PyTorch cu13); on CUDA 12: cupy-cuda12x
         "bench": ["rocksdict>=0.3", "torchrec==1.8.0", "fbgemm-gpu-cpu==1.8.0"],
         "dev": ["pytest>=8", "hypothesis>=6", "ruff>=0.5"],
     },

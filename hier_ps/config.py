@@ -78,6 +78,14 @@ class SparseOptimizerName(enum.StrEnum):
     FTRL = "ftrl"  #: FTRL-Proximal per element (alpha, beta, l1, l2)
 
 
+class RowDtype(enum.StrEnum):
+    """Storage type of a table's embedding rows on the training device (optimizer state always stays float32)."""
+
+    FP32 = "fp32"  #: float32 rows
+    FP16 = "fp16"  #: float16 rows (half the HBM); lookups accumulate and updates compute in float32
+    BF16 = "bf16"  #: bfloat16 rows (half the HBM); lookups accumulate and updates compute in float32
+
+
 class DenseOptimizerName(enum.StrEnum):
     """torch.optim optimizers for the dense (model) parameters."""
 
@@ -310,6 +318,9 @@ class TableConfig:
     optimizer: SparseOptimizerConfig | None = None  #: this table's optimizer (default: the top-level sparse_optimizer)
     admission: AdmissionConfig | None = None  #: feature admission (default: every key gets a row at once)
     eviction: EvictionConfig | None = None  #: feature eviction at checkpoints (default: none)
+    #: embedding storage on the training device; lower tiers keep float32 rows that hold exactly these values, so
+    #: tiering stays lossless
+    dtype: RowDtype = RowDtype.FP32
 
     def __post_init__(self) -> None:
         if self.dim <= 0:

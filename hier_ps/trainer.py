@@ -43,6 +43,7 @@ from hier_ps.config import (
 from hier_ps.data import ParquetReader, generate_synthetic
 from hier_ps.data.synthetic import GENERATOR_VERSION
 from hier_ps.errors import ConfigError, HierPSError, StoreError, StoreLockedError
+from hier_ps.hbm.batched import BatchLookup
 from hier_ps.hbm.working_set import WorkingSet, WorkingSetTable, segment_sum, table_specs
 from hier_ps.hostmem import HostCache
 from hier_ps.metrics import auc, logloss
@@ -838,7 +839,7 @@ class Trainer:
                 if departed.any():
                     d = torch.from_numpy(np.flatnonzero(departed)).to(old.emb.device)
                     rows = spec.layout.pack(
-                        old.emb.index_select(0, d).cpu().numpy(),
+                        old.emb.index_select(0, d).float().cpu().numpy(),  # 16-bit rows: exact in fp32
                         old.state.index_select(0, d).cpu().numpy(),
                         old.meta[departed],
                     )
@@ -857,7 +858,7 @@ class Trainer:
             if len(st.src):
                 at_shared = torch.from_numpy(np.flatnonzero(st.shared)).to(self.device)
                 s_idx = torch.from_numpy(st.src).to(self.device)
-                emb.index_copy_(0, at_shared, old.emb.index_select(0, s_idx))
+                emb.index_copy_(0, at_shared, old.emb.index_select(0, s_idx).float())
                 state.index_copy_(0, at_shared, old.state.index_select(0, s_idx))
                 meta[st.shared] = old.meta[st.src]
             if extra:
@@ -921,13 +922,12 @@ class Trainer:
     def _to_device(self, a: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(a).to(self.device, non_blocking=True)
 
-    def _pooled(self, b: BatchPlan, ws: WorkingSet) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        pooled, offsets = {}, {}
-        for slot, table in self.slot_tables.items():
-            off, idx = b.slots[slot]
-            offsets[slot] = self._to_device(off)
-            pooled[slot] = ws.tables[table].pooled(self._to_device(idx), offsets[slot], self.pooling[slot])
-        return pooled, offsets
+    def _pooled(
+        self, b: BatchPlan, ws: WorkingSet, requires_grad: bool = False
+    ) -> tuple[dict[str, torch.Tensor], BatchLookup]:
+        """Pooled lookups of every slot (slot -> float32[B, dim]), table-batched, and the lookup that made them."""
+        lk = BatchLookup(ws, b, self.slot_tables, self.pooling)
+        return lk.forward(requires_grad), lk
 
     def _logits(self, dense: torch.Tensor, pooled: dict[str, torch.Tensor]) -> torch.Tensor:
         logits = self.model(dense, pooled)
@@ -937,9 +937,7 @@ class Trainer:
         """One step on batch `b`, this rank's part of a global batch of `global_len` examples (all of it in one
         process); returns this rank's share of the loss."""
         labels, dense = self._to_device(b.labels), self._to_device(b.dense)
-        pooled, offsets = self._pooled(b, ws)
-        for p in pooled.values():
-            p.requires_grad_(True)
+        pooled, lk = self._pooled(b, ws, requires_grad=True)
         logits = self.ddp(dense, pooled).reshape(len(dense), len(self.tasks))
         # Loss: mean over the global batch of the sum over tasks (DESIGN.md contract 3); DDP sums the ranks' dense
         # gradients (sum_hook), and the ranks' row gradients are summed below.
@@ -947,27 +945,15 @@ class Trainer:
         self.dense_opt.zero_grad(set_to_none=True)
         loss.backward()
         self.dense_opt.step()
-        occ: dict[str, list[torch.Tensor]] = {}
-        for slot, table in self.slot_tables.items():
-            g = pooled[slot].grad
-            if g is None:
-                g = torch.zeros_like(pooled[slot])
-            occ.setdefault(table, []).append(_occurrence_grads(g, offsets[slot], self.pooling[slot]))
-        grads = {}
-        for table, (urows, inv) in b.tables.items():
-            parts = occ[table]
-            src = parts[0] if len(parts) == 1 else torch.cat(parts)
-            grads[table] = segment_sum(src, self._to_device(inv), len(urows))
-        if self.ring is not None:  # replicated: one all-reduce for all tables; every rank applies the same sums
-            flat = torch.cat([g.reshape(-1) for g in grads.values()]).to(self._comm_device)
-            flat = self.ring.all_reduce_(flat, "row_grad_all_reduce")
-            sizes = [g.numel() for g in grads.values()]
-            grads = {
-                t: part.view_as(g).to(self.device)
-                for (t, g), part in zip(grads.items(), torch.split(flat, sizes), strict=True)
-            }
-        for table, (urows, _) in b.tables.items():
-            ws.tables[table].apply(self._to_device(urows), grads[table])
+        if self.ring is None:  # one fused gradient sum + update per group of like tables
+            lk.backward_update()
+            return float(loss.detach())
+        # Replicated: one all-reduce of all groups' row sums; every rank applies the same sums.
+        grads = lk.grads()
+        flat = torch.cat([g.reshape(-1) for g in grads]).to(self._comm_device)
+        flat = self.ring.all_reduce_(flat, "row_grad_all_reduce")
+        sizes = [g.numel() for g in grads]
+        lk.apply([part.view_as(g).to(self.device) for g, part in zip(grads, torch.split(flat, sizes), strict=True)])
         return float(loss.detach())
 
     def _train_step_row_wise(self, b: BatchPlan, ex: dict[str, RowExchange], ws: WorkingSet, global_len: int) -> float:

@@ -61,7 +61,8 @@ class Adagrad(SparseOptimizer):
 
     def update(self, w: torch.Tensor, state: torch.Tensor, g: torch.Tensor) -> None:
         state.add_(g * g)
-        w.sub_(self.cfg.lr * g / (state.sqrt() + self.cfg.eps))
+        # addcdiv_ computes w + (-lr*g)/denom: the bits of w - lr*g/denom, without two [n, dim] temporaries
+        w.addcdiv_(g, state.sqrt().add_(self.cfg.eps), value=-self.cfg.lr)
 
 
 class RowwiseAdagrad(SparseOptimizer):
@@ -73,8 +74,8 @@ class RowwiseAdagrad(SparseOptimizer):
         return 1
 
     def update(self, w: torch.Tensor, state: torch.Tensor, g: torch.Tensor) -> None:
-        state.add_((g * g).mean(dim=1, keepdim=True))
-        w.sub_(self.cfg.lr * g / (state.sqrt() + self.cfg.eps))
+        state.add_(g.square().mean(dim=1, keepdim=True))
+        w.addcdiv_(g, state.sqrt().add_(self.cfg.eps), value=-self.cfg.lr)  # denom is [n, 1]: broadcast
 
 
 class Adam(SparseOptimizer):

@@ -23,7 +23,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from hier_ps.config import Config, InitConfig, SparseOptimizerConfig
+from hier_ps.config import Config, InitConfig, RowDtype, SparseOptimizerConfig
+from hier_ps.hbm.batched import TableGroup, group_tables
+from hier_ps.hbm.kernels import kernels_for
 from hier_ps.hbm.optimizers import SparseOptimizer, make_sparse_optimizer
 from hier_ps.hbm.rows import RowLayout
 from hier_ps.tier import RowTier
@@ -40,6 +42,7 @@ class TableSpec:
     init: InitConfig
     optimizer: SparseOptimizerConfig
     zero_unseen: bool = False  #: outside training, keys without a row read as zeros (tables with admission)
+    dtype: RowDtype = RowDtype.FP32  #: embedding storage on the device (lower tiers: float32 of the same values)
     opt: SparseOptimizer = field(init=False)
     layout: RowLayout = field(init=False)
 
@@ -47,11 +50,21 @@ class TableSpec:
         self.opt = make_sparse_optimizer(self.optimizer)
         self.layout = RowLayout(self.dim, self.opt.state_width(self.dim))
 
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        """The torch dtype of the device embedding storage."""
+        return _TORCH_DTYPES[RowDtype(self.dtype)]
+
+
+_TORCH_DTYPES = {RowDtype.FP32: torch.float32, RowDtype.FP16: torch.float16, RowDtype.BF16: torch.bfloat16}
+
 
 def table_specs(cfg: Config) -> dict[str, TableSpec]:
     """The TableSpec of every table of an experiment config, by name."""
     return {
-        t.name: TableSpec(t.name, t.dim, t.init, cfg.optimizer_of(t.name), zero_unseen=t.admission is not None)
+        t.name: TableSpec(
+            t.name, t.dim, t.init, cfg.optimizer_of(t.name), zero_unseen=t.admission is not None, dtype=t.dtype
+        )
         for t in cfg.tables
     }
 
@@ -76,13 +89,20 @@ def segment_sum(src: torch.Tensor, index: torch.Tensor, n: int) -> torch.Tensor:
 
 
 class WorkingSetTable:
-    """One table's working set on the device: emb float32[n, dim], state float32[n, S], meta int64[n, 2] (host).
+    """One table's working set on the device: emb T[n, dim] (T: the table's dtype), state float32[n, S], meta
+    int64[n, 2] (host).
 
     With `null_row`, emb and state hold one more row after the keys' rows (local index n): it reads as zeros and
     takes no update; occurrences of keys that admission turned away point at it.
+
+    An `emb` given in another dtype is converted (rounded to nearest even) to the table's dtype. Rows handed to the
+    tiers below are the float32 values of the stored ones, which convert back to the same bits: so a row that goes
+    down and comes back is unchanged, and tiering stays lossless for 16-bit rows too.
     """
 
     def __init__(self, spec: TableSpec, keys: np.ndarray, emb: torch.Tensor, state: torch.Tensor, meta: np.ndarray):
+        if emb.dtype != spec.torch_dtype:
+            emb = emb.to(spec.torch_dtype)
         self.spec, self.keys, self.emb, self.state, self.meta = spec, keys, emb, state, meta
         self.null = len(keys) if len(emb) > len(keys) else None
 
@@ -105,18 +125,18 @@ class WorkingSetTable:
     @property
     def nbytes(self) -> int:
         """Device bytes held."""
-        return (self.emb.numel() + self.state.numel()) * 4
+        return self.emb.numel() * self.emb.element_size() + self.state.numel() * 4
 
     def pooled(self, idx: torch.Tensor, offsets: torch.Tensor, pooling: str) -> torch.Tensor:
         """Pooled lookup of one slot: idx int64[nnz] local rows, offsets int64[B+1] -> float32[B, dim]."""
-        return F.embedding_bag(idx, self.emb, offsets, mode=pooling, include_last_offset=True)
+        if self.emb.dtype == torch.float32:
+            return F.embedding_bag(idx, self.emb, offsets, mode=pooling, include_last_offset=True)
+        div = (offsets[1:] - offsets[:-1]).clamp(min=1).float() if pooling == "mean" else None
+        return kernels_for(self.emb.device).pooled(self.emb, idx, offsets, div)
 
     def apply(self, urows: torch.Tensor, grad: torch.Tensor) -> None:
         """One optimizer update of the unique rows `urows` int64[u] with summed gradients float32[u, dim]."""
-        w, st = self.emb[urows], self.state[urows]
-        self.spec.opt.update(w, st, grad)
-        self.emb[urows] = w
-        self.state[urows] = st
+        kernels_for(self.emb.device).update(self.spec.opt, self.emb, self.state, urows, grad)
         if self.null is not None:  # cheaper than masking it out of every batch: the null row stays zero
             self.emb[self.null] = 0.0
             self.state[self.null] = 0.0
@@ -124,7 +144,7 @@ class WorkingSetTable:
     def rows(self) -> np.ndarray:
         """Packed rows float32[n, width] of the keys on the host (the null row is not one of them)."""
         n = len(self.keys)
-        return self.spec.layout.pack(self.emb[:n].cpu().numpy(), self.state[:n].cpu().numpy(), self.meta)
+        return self.spec.layout.pack(self.emb[:n].float().cpu().numpy(), self.state[:n].cpu().numpy(), self.meta)
 
 
 class WorkingSet:
@@ -132,6 +152,14 @@ class WorkingSet:
 
     def __init__(self, tables: dict[str, WorkingSetTable]) -> None:
         self.tables = tables
+        self._groups: list[TableGroup] | None = None
+
+    def groups(self) -> list[TableGroup]:
+        """The tables grouped for table-batched lookups and updates (see :mod:`hier_ps.hbm.batched`); built on first
+        use, after which the tables' emb and state are views of their group's storage."""
+        if self._groups is None:
+            self._groups = group_tables(self.tables)
+        return self._groups
 
     @property
     def nbytes(self) -> int:

@@ -1,0 +1,248 @@
+"""Table-batched lookup and update: all slots of a batch in one pooled call and one fused backward + update.
+
+Tables of one pass that agree on (dim, row dtype, optimizer, device) form a :class:`TableGroup`: their rows live in
+one storage tensor, each table a contiguous block of it (``WorkingSetTable.emb`` / ``state`` become views of that
+block, so everything that works on one table keeps working). A :class:`BatchLookup` then turns one batch's slots into,
+per group, one CSR over group rows: one pooled lookup for all its slots forward, and backward one segment reduction
+of the gradients of all occurrences of each unique row (sorted by row, stable: deterministic) fused with the
+optimizer update — instead of a lookup, a gradient sum and an update per slot and per table.
+
+Example:
+    >>> import numpy as np, torch
+    >>> from hier_ps.config import InitConfig, SparseOptimizerConfig
+    >>> from hier_ps.hbm.working_set import TableSpec, WorkingSet
+    >>> from hier_ps.plan import BatchPlan
+    >>> spec = {t: TableSpec(t, 2, InitConfig(name="constant", value=1.0), SparseOptimizerConfig(name="sgd", lr=1.0))
+    ...         for t in ("a", "b")}
+    >>> keys = {t: np.array([3, 8], np.uint64) for t in spec}
+    >>> ws = WorkingSet.load(spec, keys, {t: spec[t].layout.new_rows(0, t, keys[t], spec[t].init) for t in spec}, "cpu")
+    >>> b = BatchPlan(np.zeros((1, 1), np.float32), np.zeros((1, 0), np.float32),
+    ...               {"a": (np.array([0, 2]), np.array([0, 1])), "b": (np.array([0, 1]), np.array([1]))},
+    ...               {"a": (np.array([0, 1]), np.array([0, 1])), "b": (np.array([1]), np.array([0]))},
+    ...               {"a": ["a"], "b": ["b"]})
+    >>> lk = BatchLookup(ws, b, {"a": "a", "b": "b"}, {"a": "sum", "b": "sum"})
+    >>> {s: p.tolist() for s, p in lk.forward().items()}
+    {'a': [[2.0, 2.0]], 'b': [[1.0, 1.0]]}
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from hier_ps.hbm.kernels import CudaKernels, kernels_for
+
+if TYPE_CHECKING:
+    from hier_ps.hbm.working_set import WorkingSet, WorkingSetTable
+    from hier_ps.plan import BatchPlan
+
+__all__ = ["BatchLookup", "TableGroup", "group_tables"]
+
+
+class TableGroup:
+    """Tables sharing one storage: emb T[N, dim], state float32[N, S]; table t owns rows [base[t], base[t] + n_t).
+
+    Args:
+        tables: the group's tables (same dim, dtype, optimizer and device), in this order in the storage.
+    """
+
+    def __init__(self, tables: dict[str, WorkingSetTable]) -> None:
+        first = next(iter(tables.values()))
+        self.opt = first.spec.opt
+        self.base: dict[str, int] = {}
+        n, nulls = 0, []
+        for name, t in tables.items():
+            self.base[name] = n
+            if t.null is not None:
+                nulls.append(n + t.null)
+            n += len(t.emb)
+        if len(tables) == 1:
+            self.emb, self.state = first.emb, first.state
+        else:  # one copy per pass; afterwards the tables are views of the shared storage
+            dev, dim, width = first.emb.device, first.emb.shape[1], first.state.shape[1]
+            self.emb = torch.empty(n, dim, dtype=first.emb.dtype, device=dev)
+            self.state = torch.empty(n, width, dtype=torch.float32, device=dev)
+            for name, t in tables.items():  # table by table: the peak is the group plus one table, not twice it
+                lo, hi = self.base[name], self.base[name] + len(t.emb)
+                self.emb[lo:hi], self.state[lo:hi] = t.emb, t.state
+                t.emb, t.state = self.emb[lo:hi], self.state[lo:hi]
+        self.nulls = torch.tensor(nulls, dtype=torch.int64, device=self.emb.device) if nulls else None
+        self.kernels = kernels_for(self.emb.device)
+        #: the CUDA kernels divide mean bags on the fly; the twins divide just the mean slots' bags, in place
+        self.fuses_div = isinstance(self.kernels, CudaKernels)
+
+    def zero_nulls(self) -> None:
+        """Null rows read as zeros and take no update: reset them after an update (cheaper than masking)."""
+        if self.nulls is not None:
+            self.emb[self.nulls] = 0.0
+            self.state[self.nulls] = 0.0
+
+
+def group_tables(tables: dict[str, WorkingSetTable]) -> list[TableGroup]:
+    """Groups the tables by (dim, dtype, optimizer config, device), each group in table order."""
+    by_key: dict[tuple, dict[str, WorkingSetTable]] = {}
+    for name, t in tables.items():
+        key = (t.spec.dim, t.emb.dtype, dataclasses.astuple(t.spec.optimizer), str(t.emb.device))
+        by_key.setdefault(key, {})[name] = t
+    return [TableGroup(ts) for ts in by_key.values()]
+
+
+@dataclasses.dataclass
+class _Part:
+    """One group's share of a batch (host-built CSR, moved to the device once)."""
+
+    group: TableGroup
+    slots: list[str]
+    rows: torch.Tensor  # int64[nnz] group rows of the occurrences, slots concatenated in slot order
+    offsets: torch.Tensor  # int64[k*B+1] bag offsets, bag j*B+i = example i of the part's j-th slot
+    div: torch.Tensor | None  # float32[k*B] bag sizes (>= 1) for mean slots, 1 for sum slots (kernels that fuse it)
+    urows: torch.Tensor  # int64[U] group rows to update, the tables' unique rows concatenated
+    inv: np.ndarray | None  # int64[nnz] position in urows of each occurrence's row (None: planned for eval)
+    lengths: np.ndarray  # int64[k*B] bag sizes
+    means: list[tuple[int, int, torch.Tensor]]  # (first bag, end bag, float32[hi-lo, 1] sizes) of each mean slot
+    leaf: torch.Tensor | None = None  # float32[k*B, dim] pooled output of the last forward
+
+
+class BatchLookup:
+    """All lookups of one batch, table-batched by group.
+
+    Args:
+        ws: the pass's working set.
+        b: the batch.
+        slot_tables: slot -> table, in slot order.
+        pooling: slot -> "sum" | "mean".
+    """
+
+    def __init__(self, ws: WorkingSet, b: BatchPlan, slot_tables: dict[str, str], pooling: dict[str, str]) -> None:
+        self.parts: list[_Part] = []
+        self.batch = len(b)
+        for g in ws.groups():
+            slots = [s for s, t in slot_tables.items() if t in g.base]
+            if slots:
+                self.parts.append(self._part(g, b, slots, slot_tables, pooling))
+
+    @staticmethod
+    def _part(
+        g: TableGroup, b: BatchPlan, slots: list[str], slot_tables: dict[str, str], pooling: dict[str, str]
+    ) -> _Part:
+        dev = g.emb.device
+        rows = np.concatenate([b.slots[s][1] + g.base[slot_tables[s]] for s in slots])
+        lengths = np.concatenate([np.diff(b.slots[s][0]) for s in slots])
+        offsets = np.zeros(len(lengths) + 1, np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        div = None
+        if g.fuses_div and any(pooling[s] == "mean" for s in slots):
+            div = np.concatenate(
+                [np.maximum(np.diff(b.slots[s][0]), 1) if pooling[s] == "mean" else np.ones(len(b)) for s in slots]
+            ).astype(np.float32)
+        # Occurrences of a table's slots are concatenated in slot order in its inverse; cut it back per slot. (A batch
+        # planned for eval has no inverses: then there is nothing to update.)
+        inv_of: dict[str, np.ndarray] = {}
+        urows, ubase = [np.zeros(0, np.int64)], 0
+        for t in g.base:
+            if t not in b.tables:
+                continue
+            u, inv = b.tables[t]
+            urows.append(u + g.base[t])
+            at = 0
+            for s in b.table_slots[t]:
+                n = int(b.slots[s][0][-1])
+                inv_of[s] = inv[at : at + n] + ubase
+                at += n
+            ubase += len(u)
+        inv_all = np.concatenate([inv_of[s] for s in slots]) if all(s in inv_of for s in slots) else None
+
+        def to(a: np.ndarray) -> torch.Tensor:
+            return torch.from_numpy(a).to(dev, non_blocking=True)
+
+        return _Part(
+            g,
+            slots,
+            to(rows.astype(np.int64, copy=False)),
+            to(offsets),
+            None if div is None else to(div),
+            to(np.concatenate(urows).astype(np.int64, copy=False)),
+            None if inv_all is None else inv_all.astype(np.int64, copy=False),
+            lengths,
+            [
+                (j * len(b), (j + 1) * len(b), to(np.maximum(np.diff(b.slots[s][0]), 1).astype(np.float32)[:, None]))
+                for j, s in enumerate(slots)
+                if pooling[s] == "mean"
+            ],
+        )
+
+    def forward(self, requires_grad: bool = False) -> dict[str, torch.Tensor]:
+        """Pooled lookups: slot -> float32[B, dim] (views of one output per group; with `requires_grad`, that
+        output is a leaf whose gradient :meth:`grads` reads after ``backward``)."""
+        out: dict[str, torch.Tensor] = {}
+        for p in self.parts:
+            if p.group.fuses_div:  # the kernel divides mean bags as it writes them
+                pooled = p.group.kernels.pooled(p.group.emb, p.rows, p.offsets, p.div)
+            else:  # divide only the mean slots' bags, in place (a pass over all bags costs more than the sum)
+                pooled = p.group.kernels.pooled(p.group.emb, p.rows, p.offsets, None)
+                for lo, hi, size in p.means:
+                    pooled[lo:hi].div_(size)
+            if requires_grad:
+                pooled.requires_grad_(True)
+                p.leaf = pooled
+            out.update(zip(p.slots, torch.split(pooled, self.batch), strict=True))
+        return out
+
+    def _segments(self, p: _Part) -> tuple[torch.Tensor, torch.Tensor]:
+        """(bags int64[nnz] of the occurrences sorted by unique row, stable; seg int64[U+1] CSR over them)."""
+        if p.inv is None:
+            raise ValueError("BatchLookup: the batch was planned without inverses (for_training=False)")
+        dev = p.rows.device
+        n_u = len(p.urows)
+        if dev.type == "cpu":  # numpy's stable argsort and bincount beat torch's on CPU by far (measured, 2 cores)
+            bag = np.repeat(np.arange(len(p.lengths), dtype=np.int64), p.lengths)
+            seg = np.zeros(n_u + 1, np.int64)
+            np.cumsum(np.bincount(p.inv, minlength=n_u), out=seg[1:])
+            return torch.from_numpy(bag[np.argsort(p.inv, kind="stable")]), torch.from_numpy(seg)
+        inv = torch.from_numpy(p.inv).to(dev, non_blocking=True)
+        bag = torch.repeat_interleave(
+            torch.arange(len(p.lengths), device=dev), torch.from_numpy(p.lengths).to(dev, non_blocking=True)
+        )
+        order = torch.sort(inv, stable=True).indices
+        seg = torch.zeros(n_u + 1, dtype=torch.int64, device=dev)
+        torch.cumsum(torch.bincount(inv, minlength=n_u), 0, out=seg[1:])
+        return bag[order], seg
+
+    def _grad(self, p: _Part) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(pooled gradient, bag sizes for the kernel to divide by | None: already divided)."""
+        if p.leaf is None:
+            raise RuntimeError("BatchLookup: call forward(requires_grad=True) and backward first")
+        g = p.leaf.grad if p.leaf.grad is not None else torch.zeros_like(p.leaf)
+        if p.group.fuses_div:
+            return g, p.div
+        for lo, hi, size in p.means:  # the leaf's gradient is ours alone: divide in place
+            g[lo:hi].div_(size)
+        return g, None
+
+    def grads(self) -> list[torch.Tensor]:
+        """Per group, the summed gradient float32[U, dim] of each unique row (for an all-reduce before
+        :meth:`apply`)."""
+        out = []
+        for p in self.parts:
+            bags, seg = self._segments(p)
+            grad, div = self._grad(p)
+            out.append(p.group.kernels.segment_grads(grad, bags, seg, div))
+        return out
+
+    def apply(self, grads: list[torch.Tensor]) -> None:
+        """One optimizer update per unique row with the given sums (from :meth:`grads`, maybe all-reduced)."""
+        for p, g in zip(self.parts, grads, strict=True):
+            p.group.kernels.update(p.group.opt, p.group.emb, p.group.state, p.urows, g)
+            p.group.zero_nulls()
+
+    def backward_update(self) -> None:
+        """:meth:`grads` and :meth:`apply` in one fused step per group (one process: nothing to all-reduce)."""
+        for p in self.parts:
+            bags, seg = self._segments(p)
+            g = p.group
+            grad, div = self._grad(p)
+            g.kernels.backward_update(g.opt, g.emb, g.state, p.urows, seg, bags, grad, div)
+            g.zero_nulls()

@@ -1,0 +1,126 @@
+"""Table-batched lookup + fused update == the per-slot, per-table path it replaces; groups share storage."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from hier_ps.config import InitConfig, SparseOptimizerConfig
+from hier_ps.hbm.batched import BatchLookup
+from hier_ps.hbm.working_set import TableSpec, WorkingSet, WorkingSetTable, segment_sum
+from hier_ps.plan import BatchPlan
+
+OPTIMIZERS = ["sgd", "adagrad", "rowwise_adagrad", "adam", "ftrl"]
+SLOTS = {"s1": "a", "s2": "a", "s3": "b", "s4": "c", "s5": "b"}  # a and b: same dim, one group; c: its own
+POOLING = {"s1": "sum", "s2": "mean", "s3": "mean", "s4": "sum", "s5": "sum"}
+DIMS = {"a": 4, "b": 4, "c": 3}
+ROWS = {"a": 12, "b": 7, "c": 9}
+B = 16
+
+
+def _setup(opt: str, seed: int) -> tuple[WorkingSet, BatchPlan, dict[str, torch.Tensor]]:
+    rng = np.random.default_rng(seed)
+    cfg = SparseOptimizerConfig(name=opt, lr=0.1, eps=1e-6, alpha=0.2, l1=0.001)
+    specs = {t: TableSpec(t, DIMS[t], InitConfig(name="normal", std=0.5), cfg) for t in DIMS}
+    tables = {}
+    for t, n in ROWS.items():
+        keys = np.arange(n, dtype=np.uint64) * 3 + 1
+        tables[t] = WorkingSetTable.from_rows(
+            specs[t], keys, specs[t].layout.new_rows(seed, t, keys, specs[t].init), "cpu", null_row=(t == "a")
+        )
+    slots = {}
+    for s, t in SLOTS.items():
+        lengths = rng.integers(0, 4, B)
+        lengths[0] = 0  # an empty bag
+        off = np.zeros(B + 1, np.int64)
+        np.cumsum(lengths, out=off[1:])
+        idx = rng.integers(0, ROWS[t] + (1 if t == "a" else 0), int(off[-1]))  # table a: the null row too
+        idx[: len(idx) // 2] = 2  # a hot row
+        slots[s] = (off, idx.astype(np.int64))
+    by_table: dict[str, list[str]] = {}
+    for s, t in SLOTS.items():
+        by_table.setdefault(t, []).append(s)
+    plan_tables = {}
+    for t, ss in by_table.items():
+        u, inv = np.unique(np.concatenate([slots[s][1] for s in ss]), return_inverse=True)
+        plan_tables[t] = (u.astype(np.int64), inv.reshape(-1).astype(np.int64))
+    b = BatchPlan(np.zeros((B, 1), np.float32), np.zeros((B, 0), np.float32), slots, plan_tables, by_table)
+    upstream = {s: torch.from_numpy(rng.normal(size=(B, DIMS[t])).astype(np.float32)) for s, t in SLOTS.items()}
+    return WorkingSet(tables), b, upstream
+
+
+def _per_slot_step(ws: WorkingSet, b: BatchPlan, upstream: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The path the batched one replaced: a lookup per slot; per table the occurrence gradients, a segment sum and
+    one update."""
+    pooled, occ = {}, {}
+    for s, t in SLOTS.items():
+        off, idx = b.slots[s]
+        pooled[s] = F.embedding_bag(
+            torch.from_numpy(idx), ws.tables[t].emb, torch.from_numpy(off), mode=POOLING[s], include_last_offset=True
+        )
+        lengths = torch.from_numpy(np.diff(off))
+        g = upstream[s][torch.repeat_interleave(torch.arange(B), lengths)]
+        if POOLING[s] == "mean":
+            g = g / lengths[torch.repeat_interleave(torch.arange(B), lengths)].unsqueeze(1).float()
+        occ.setdefault(t, []).append(g)
+    for t, (urows, inv) in b.tables.items():
+        grad = segment_sum(torch.cat(occ[t]), torch.from_numpy(inv), len(urows))
+        ws.tables[t].apply(torch.from_numpy(urows), grad)
+    return pooled
+
+
+def _batched_step(ws: WorkingSet, b: BatchPlan, upstream: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    lk = BatchLookup(ws, b, SLOTS, POOLING)
+    pooled = lk.forward(requires_grad=True)
+    sum((pooled[s] * upstream[s]).sum() for s in SLOTS).backward()
+    lk.backward_update()
+    return {s: p.detach() for s, p in pooled.items()}
+
+
+@pytest.mark.parametrize("opt", OPTIMIZERS)
+def test_batched_step_equals_per_slot_path(opt: str) -> None:
+    ws_ref, b, up = _setup(opt, 0)
+    ws_new, _, _ = _setup(opt, 0)
+    for _ in range(3):  # a few steps, so that optimizer state matters
+        p_ref = _per_slot_step(ws_ref, b, up)
+        p_new = _batched_step(ws_new, b, up)
+        for s in SLOTS:
+            torch.testing.assert_close(p_new[s], p_ref[s], rtol=1e-6, atol=1e-6)
+        for t in DIMS:
+            torch.testing.assert_close(ws_new.tables[t].emb, ws_ref.tables[t].emb, rtol=1e-6, atol=1e-6)
+            torch.testing.assert_close(ws_new.tables[t].state, ws_ref.tables[t].state, rtol=1e-6, atol=1e-6)
+    a = ws_new.tables["a"]
+    assert torch.all(a.emb[a.null] == 0) and torch.all(a.state[a.null] == 0)  # the null row takes no update
+
+
+def test_grads_then_apply_equals_fused_and_runs_are_bit_identical() -> None:
+    """The replicated path (sums, all-reduce, apply) and the fused one agree bit for bit; so do two runs."""
+    runs = []
+    for fused in (True, True, False):
+        ws, b, up = _setup("adam", 1)
+        lk = BatchLookup(ws, b, SLOTS, POOLING)
+        pooled = lk.forward(requires_grad=True)
+        sum((pooled[s] * up[s]).sum() for s in SLOTS).backward()
+        if fused:
+            lk.backward_update()
+        else:
+            lk.apply(lk.grads())
+        runs.append({t: (ws.tables[t].emb.clone(), ws.tables[t].state.clone()) for t in DIMS})
+    for r in runs[1:]:
+        for t in DIMS:
+            assert torch.equal(r[t][0], runs[0][t][0]) and torch.equal(r[t][1], runs[0][t][1])
+
+
+def test_like_tables_share_one_storage_and_stay_addressable() -> None:
+    ws, _, _ = _setup("sgd", 2)
+    before = {t: ws.tables[t].emb.clone() for t in DIMS}
+    groups = ws.groups()
+    assert sorted(sorted(g.base) for g in groups) == [["a", "b"], ["c"]]
+    ab = next(g for g in groups if "a" in g.base)
+    assert ab.emb.shape == (ROWS["a"] + 1 + ROWS["b"], 4)
+    for t in DIMS:
+        assert torch.equal(ws.tables[t].emb, before[t])
+    ws.tables["b"].emb[0] = 5.0  # a table's emb is a view of its group's storage
+    assert torch.all(ab.emb[ab.base["b"]] == 5.0)
