@@ -222,3 +222,13 @@ def test_a_rank_that_dies_stops_the_others_with_a_clear_error(tiny_data: dict, t
     assert procs[0].returncode == 2
     last = err.decode().strip().splitlines()[-1]
     assert last.startswith("hier-ps: error: rank 0 of 2: lost contact with another rank"), err.decode()[-2000:]
+
+
+def test_row_wise_with_16_bit_rows_is_a_clear_config_error(tiny_data: dict, tmp_path: Path) -> None:
+    first = next(iter(tiny_data["info"]["sparse"]))
+    over = {"train.embedding_sharding": "row_wise", f"tables.{first}.dtype": "fp16"}
+    cfg = make_cfg(tiny_data, tmp_path / "run", "rowwise_adagrad", 256, **over)
+    p = torchrun(2, cfg, tmp_path, timeout=120)
+    assert p.returncode != 0
+    assert f"tables.{first}.dtype: fp16" in p.stderr and "row_wise" in p.stderr, p.stderr[-2000:]
+    assert "hier_ps/trainer.py" not in p.stderr, p.stderr[-2000:]  # one line, no traceback of ours
