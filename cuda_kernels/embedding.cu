@@ -30,6 +30,7 @@ enum Opt { SGD = 0, ADAGRAD = 1, ROWWISE_ADAGRAD = 2, ADAM = 3, FTRL = 4 };
 
 struct Hyper {
   float lr, eps, beta1, beta2, alpha, beta, l1, l2;
+  float omb1, omb2;  // 1 - beta1, 1 - beta2 computed in double on the host, as the torch twin does
 };
 
 // Sum of v over the `width` lanes that share a row (a fixed butterfly: deterministic).
@@ -93,8 +94,8 @@ __device__ void backward_update(T* __restrict__ emb, float* __restrict__ state, 
     float c1 = 1.0f - powf(h.beta1, t), c2 = 1.0f - powf(h.beta2, t);
     k = 0;
     for (int d = threadIdx.x; active && d < dim; d += blockDim.x, ++k) {
-      float m = h.beta1 * st[d] + (1.0f - h.beta1) * g[k];
-      float v = h.beta2 * st[dim + d] + (1.0f - h.beta2) * g[k] * g[k];
+      float m = h.beta1 * st[d] + h.omb1 * g[k];
+      float v = h.beta2 * st[dim + d] + h.omb2 * g[k] * g[k];
       st[d] = m;
       st[dim + d] = v;
       store_f32(&w[d], to_f32(w[d]) - lr * (m / c1) / (sqrtf(v / c2) + h.eps));
@@ -128,8 +129,8 @@ POOLED(pooled_forward_bf16, bf16)
   extern "C" __global__ void NAME(T* emb, float* state, int state_w, const i64* urows, i64 n_unique,              \
                                   const i64* seg, const i64* bags, const float* grad, const float* div, int dim,   \
                                   float lr, float eps, float beta1, float beta2, float alpha, float beta, float l1, \
-                                  float l2) {                                                                      \
-    Hyper h = {lr, eps, beta1, beta2, alpha, beta, l1, l2};                                                        \
+                                  float l2, float omb1, float omb2) {                                              \
+    Hyper h = {lr, eps, beta1, beta2, alpha, beta, l1, l2, omb1, omb2};                                            \
     backward_update<T, OPT>(emb, state, state_w, urows, n_unique, seg, bags, grad, div, dim, h);                 \
   }
 #define BACKWARD_ALL(OPTNAME, OPT)                        \

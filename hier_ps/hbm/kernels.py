@@ -54,7 +54,7 @@ _SIGN = -(2**63)
 
 def kernel_sources() -> dict[str, str]:
     """The NVRTC sources by file name, with ``common.cuh`` inlined (NVRTC gets no include path)."""
-    common = (_SRC_DIR / "common.cuh").read_text()
+    common = (_SRC_DIR / "common.cuh").read_text().replace("#pragma once\n", "")  # inlined: no longer a header
     return {n: (_SRC_DIR / n).read_text().replace('#include "common.cuh"', common) for n in _SOURCES}
 
 
@@ -149,9 +149,9 @@ class CudaKernels(TorchTwins):
         import cupy  # only on CUDA machines, only when first used
 
         self._cp = cupy
-        self._streams: dict[int, Any] = {}
+        self._streams: dict[tuple[int, int | None], Any] = {}
         src = kernel_sources()
-        self._mods = {n: cupy.RawModule(code=s, options=("--std=c++17",)) for n, s in src.items()}
+        self._mods = {n: cupy.RawModule(code=s, options=("--std=c++17", "--fmad=false")) for n, s in src.items()}
         for m in self._mods.values():
             m.compile()  # compile now, so a broken toolchain is found once, here, not mid-pass
 
@@ -162,9 +162,10 @@ class CudaKernels(TorchTwins):
         cp = self._cp
         dev = next(a.device for a in args if isinstance(a, torch.Tensor))
         ptr = torch.cuda.current_stream(dev).cuda_stream
-        stream = self._streams.get(ptr)
+        key = (ptr, dev.index)  # the default stream is 0 on every device
+        stream = self._streams.get(key)
         if stream is None:
-            stream = self._streams[ptr] = cp.cuda.ExternalStream(ptr, dev.index)
+            stream = self._streams[key] = cp.cuda.ExternalStream(ptr, dev.index)
         conv = tuple(cp.uint64(a.data_ptr()) if isinstance(a, torch.Tensor) else a for a in args)
         # CuPy's current device is its own (default 0), not torch's: launch on the tensors' device, one rank per GPU
         with cp.cuda.Device(dev.index), stream:
@@ -200,12 +201,17 @@ class CudaKernels(TorchTwins):
     ) -> None:
         dim, n = emb.shape[1], len(urows)
         if dim > _MAX_DIM or not emb.is_contiguous() or not state.is_contiguous():
-            return super().backward_update(opt, emb, state, urows, seg, bags, grad, div)
+            # The twins' steps by name: TorchTwins.backward_update calls self.update, which is ours and comes back.
+            g = TorchTwins.segment_grads(self, grad, bags, seg, div)
+            return TorchTwins.update(self, opt, emb, state, urows, g)
         if n == 0:
             return None
         c = opt.cfg
         alpha = c.alpha if c.alpha is not None else c.lr
-        hyper = [np.float32(x) for x in (c.lr, c.eps, c.beta1, c.beta2, alpha, c.beta, c.l1, c.l2)]
+        hyper = [
+            np.float32(x)
+            for x in (c.lr, c.eps, c.beta1, c.beta2, alpha, c.beta, c.l1, c.l2, 1.0 - c.beta1, 1.0 - c.beta2)
+        ]
         bx, by = _block(dim)
         st_w = state.shape[1]
         st = state if st_w else torch.empty(1, device=emb.device)  # a valid pointer the SGD kernel never reads
@@ -228,8 +234,10 @@ class CudaKernels(TorchTwins):
     def update(
         self, opt: SparseOptimizer, emb: torch.Tensor, state: torch.Tensor, urows: torch.Tensor, g: torch.Tensor
     ) -> None:
+        if emb.shape[1] > _MAX_DIM or not emb.is_contiguous() or not state.is_contiguous():
+            return TorchTwins.update(self, opt, emb, state, urows, g)
         ar = torch.arange(len(urows) + 1, device=urows.device)
-        self.backward_update(opt, emb, state, urows, ar, ar[:-1], g.contiguous(), None)
+        return self.backward_update(opt, emb, state, urows, ar, ar[:-1], g.contiguous(), None)
 
     def unique_keys(self, keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         n = len(keys)

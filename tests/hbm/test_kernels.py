@@ -141,6 +141,33 @@ def test_kernels_for_cpu_is_the_twins() -> None:
 NVCC = shutil.which("nvcc") or ("/usr/local/cuda/bin/nvcc" if Path("/usr/local/cuda/bin/nvcc").exists() else None)
 
 
+@pytest.mark.parametrize("opt", OPTIMIZERS)
+def test_cuda_kernels_fall_back_to_the_twins_for_rows_wider_than_a_kernel_takes(opt: str) -> None:
+    """dim > 512 (and non-contiguous storage) takes the twins' steps: equal to them, no recursion between the
+    kernel class's update and backward_update. Runs on CPU: the fallback never touches CuPy."""
+    kernels = object.__new__(K.CudaKernels)  # no __init__: no CuPy here, and the fallback must not need it
+    o = make_sparse_optimizer(SparseOptimizerConfig(name=opt, **CFG))
+    rng = np.random.default_rng(3)
+    dim = 600
+    emb = torch.from_numpy(rng.normal(size=(20, dim)).astype(np.float32))
+    state = torch.from_numpy(np.abs(rng.normal(size=(20, o.state_width(dim)))).astype(np.float32))
+    rows, _, lengths = _csr(rng, 12, 20, 4, hot=True)
+    urows, bags, seg = _segments(rows, lengths)
+    grad = torch.from_numpy(rng.normal(size=(12, dim)).astype(np.float32))
+    g = torch.from_numpy(rng.normal(size=(len(urows), dim)).astype(np.float32))
+    for call in ("backward_update", "update"):
+        a = (emb.clone(), state.clone())
+        b = (emb.clone(), state.clone())
+        if call == "update":
+            kernels.update(o, *a, urows, g)
+            TWINS.update(o, *b, urows, g)
+        else:
+            kernels.backward_update(o, *a, urows, seg, bags, grad, None)
+            TWINS.backward_update(o, *b, urows, seg, bags, grad, None)
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]), call
+        assert not torch.equal(a[0], emb), call  # the update happened
+
+
 @pytest.mark.skipif(NVCC is None, reason="nvcc not installed")
 @pytest.mark.parametrize("name", sorted(K.kernel_sources()))
 def test_kernel_source_compiles_with_nvcc_and_has_every_kernel_the_loader_calls(name: str, tmp_path: Path) -> None:
@@ -164,7 +191,7 @@ def test_kernel_source_compiles_with_nvcc_and_has_every_kernel_the_loader_calls(
     # Parameter counts = the argument tuples CudaKernels passes (a mismatch would read garbage on the GPU).
     n_args = {
         "pooled_forward": 7,
-        "backward": 18,
+        "backward": 20,
         "mark_heads": 3,
         "write_unique": 7,
         "gather_rows": 5,
