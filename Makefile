@@ -33,6 +33,8 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/ssd_bench.py
 	$(BIN)/python benchmarks/serve_bench.py
 	$(BIN)/python benchmarks/scale_bench.py
+	$(BIN)/python benchmarks/hostmem_bench.py
+	$(BIN)/python benchmarks/kernel_bench.py
 
 clean:
 	rm -rf runs .pytest_cache .ruff_cache
