@@ -37,9 +37,9 @@ from hier_ps.hbm.working_set import TableSpec, WorkingSet
 from hier_ps.ssd.table import in_sorted
 from hier_ps.tier import RowTier
 
-__all__ = ["Staged", "StagedTable", "Stager", "stage_rows"]
+__all__ = ["HOST_COUNTERS", "Staged", "StagedTable", "Stager", "stage_measured", "stage_rows"]
 
-_COUNTERS = ("hits", "misses", "evictions", "rows_written_back")
+HOST_COUNTERS = ("hits", "misses", "evictions", "rows_written_back")  #: the host-cache counters a job reports
 
 
 @dataclass
@@ -87,7 +87,7 @@ class Staged:
 
 
 def _counters(host: Any, store: Any) -> tuple[dict[str, int], dict[str, float]]:
-    h = {k: int(host.stats.get(k, 0)) for k in _COUNTERS} if hasattr(host, "stats") else {}
+    h = {k: int(host.stats.get(k, 0)) for k in HOST_COUNTERS} if hasattr(host, "stats") else {}
     s = {k: v for k, v in getattr(store, "stats", {}).items() if isinstance(v, int | float)}
     return h, s
 
@@ -138,6 +138,24 @@ def stage_rows(
         emb, state, meta = spec.layout.unpack(rows)
         out[name] = StagedTable(shared, src, new, _host_tensor(emb, pin), _host_tensor(state, pin), meta, n_new)
     return out, nbytes
+
+
+def stage_measured(
+    host: RowTier,
+    specs: dict[str, TableSpec],
+    seed: int,
+    keys: dict[str, np.ndarray],
+    base_keys: dict[str, np.ndarray] | None,
+    pin: bool = False,
+) -> tuple[dict[str, StagedTable], float, dict[str, int], dict[str, float]]:
+    """:func:`stage_rows` with its cost: (tables, seconds, host-cache counters, SSD-store counters of the pull)."""
+    store = getattr(host, "backing", None)
+    h0, s0 = _counters(host, store)
+    t0 = time.perf_counter()
+    tables, _ = stage_rows(host, specs, seed, keys, base_keys, pin)
+    pull_s = time.perf_counter() - t0
+    h1, s1 = _counters(host, store)
+    return tables, pull_s, _delta(h1, h0), _delta(s1, s0)
 
 
 class Stager:
@@ -194,12 +212,8 @@ class Stager:
             item = self.next_item()
             if item is None:
                 return Staged(None, base_gen)
-            h0, s0 = _counters(self.host, self._store())
-            t0 = time.perf_counter()
-            tables, _ = stage_rows(self.host, self.specs, self.seed, item.plan.keys, base_keys, self.pin)
-            pull_s = time.perf_counter() - t0
-            h1, s1 = _counters(self.host, self._store())
-            return Staged(item, base_gen, tables, pull_s, _delta(h1, h0), _delta(s1, s0))
+            staged = stage_measured(self.host, self.specs, self.seed, item.plan.keys, base_keys, self.pin)
+            return Staged(item, base_gen, *staged)
 
         self._next = self._pool.submit(job)
 

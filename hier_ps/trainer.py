@@ -56,14 +56,13 @@ from hier_ps.ring.reshard import remove_other_worlds, reshard_into, store_dir_fo
 from hier_ps.ring.rowwise import fetch_rows, return_grads
 from hier_ps.ring.shard_plan import RankPlan, RowExchange, plan_rank_pass, rank_examples
 from hier_ps.ssd import SSDStore
-from hier_ps.stager import Staged, Stager, stage_rows
+from hier_ps.stager import HOST_COUNTERS, Staged, Stager, stage_measured
 
 __all__ = ["Trainer", "resolve_device"]
 
 log = logging.getLogger("hier_ps")
 
 STAGES = ("read", "plan", "pull", "load", "train", "push", "eval")
-_HOST_COUNTERS = ("hits", "misses", "evictions", "rows_written_back")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -791,7 +790,7 @@ class Trainer:
         """This pass's host-cache counters (the cache's own are cumulative, or `counts` when given), its hit rate,
         and rows resident."""
         st = self.host.stats
-        out = {k: st[k] - before.get(k, 0) for k in ("hits", "misses", "evictions", "rows_written_back") if k in st}
+        out = {k: st[k] - before.get(k, 0) for k in HOST_COUNTERS if k in st}
         if counts is not None:
             out = dict(counts)
         reads = out.get("hits", 0) + out.get("misses", 0)
@@ -824,15 +823,9 @@ class Trainer:
         if staged is None or staged.base_gen != self._ws_gen:
             if self._stager is not None:
                 self._stager.drain()  # the worker is idle: the tiers are this thread's
-            before = (dict(self.host.stats), dict(self.store.stats))
-            t0 = time.perf_counter()
             base = {n: t.keys for n, t in prev.tables.items()} if prev is not None else None
-            stage, _ = stage_rows(self.host, self.specs, self.cfg.run.seed, plan.keys, base)
-            overlap["pull_s"] = time.perf_counter() - t0
-            overlap["host"] = {k: v - before[0].get(k, 0) for k, v in self.host.stats.items() if k in _HOST_COUNTERS}
-            overlap["ssd"] = {
-                k: v - before[1].get(k, 0) for k, v in self.store.stats.items() if isinstance(v, int | float)
-            }
+            stage, pull_s, host_c, ssd_c = stage_measured(self.host, self.specs, self.cfg.run.seed, plan.keys, base)
+            overlap.update(pull_s=pull_s, host=host_c, ssd=ssd_c)
         else:
             stage = staged.tables
             overlap.update(pull_s=staged.pull_s, host=dict(staged.host), ssd=dict(staged.ssd))

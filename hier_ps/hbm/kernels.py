@@ -58,10 +58,6 @@ def kernel_sources() -> dict[str, str]:
     return {n: (_SRC_DIR / n).read_text().replace('#include "common.cuh"', common) for n in _SOURCES}
 
 
-def _bags_div(lengths: torch.Tensor) -> torch.Tensor:
-    return lengths.clamp(min=1).to(torch.float32)
-
-
 def unique_u64_torch(keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``unique_keys`` in torch ops on any device: uint64[n] -> (uint64[u] ascending, int64[n])."""
     flipped = keys.view(torch.int64) ^ _SIGN  # int64 order of the flipped keys = uint64 order of the keys
@@ -170,10 +166,6 @@ class CudaKernels(TorchTwins):
         # CuPy's current device is its own (default 0), not torch's: launch on the tensors' device, one rank per GPU
         with cp.cuda.Device(dev.index), stream:
             self._fn(mod, name)((max(grid, 1),), block, conv)
-
-    @staticmethod
-    def _ptr(t: torch.Tensor | None) -> Any:
-        return 0 if t is None else t
 
     def pooled(
         self, emb: torch.Tensor, rows: torch.Tensor, offsets: torch.Tensor, div: torch.Tensor | None

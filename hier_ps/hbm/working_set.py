@@ -58,7 +58,7 @@ class TableSpec:
     @property
     def device_row_bytes(self) -> int:
         """Device bytes of one row: the embedding in its dtype plus float32 optimizer state."""
-        return self.dim * _TORCH_DTYPES[RowDtype(self.dtype)].itemsize + self.layout.state * 4
+        return self.dim * self.torch_dtype.itemsize + self.layout.state * 4
 
 
 _TORCH_DTYPES = {RowDtype.FP32: torch.float32, RowDtype.FP16: torch.float16, RowDtype.BF16: torch.bfloat16}

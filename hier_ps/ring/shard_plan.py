@@ -236,7 +236,8 @@ def plan_rank_pass(
 
     # 1. Pairs to the keys' owners, all tables in one all-to-all; tables with admission: every rank's pairs to all.
     if plain_names:
-        sent = [[tabs[t].triples[tabs[t].pown == o] for t in plain_names] for o in range(world)]
+        by_owner = [_split_by_owner(tabs[t].triples, tabs[t].pown, world) for t in plain_names]
+        sent = [[parts[o] for parts in by_owner] for o in range(world)]
         got = _exchange_tables(ring, sent, comm, "key_all_to_all")
         for j, t in enumerate(plain_names):
             tabs[t].received = [g[j].reshape(-1, 3) for g in got]
@@ -354,6 +355,14 @@ class _Table:
     own_keys: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint64))
     own_counts: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     n_ws: int = 1
+
+
+def _split_by_owner(rows: np.ndarray, owners: np.ndarray, world: int) -> list[np.ndarray]:
+    """rows[i] grouped by owners[i] in [0, world), each group in its original order: one stable sort, not one mask
+    per rank."""
+    order = np.argsort(owners, kind="stable")
+    cuts = np.searchsorted(owners[order], np.arange(world + 1))
+    return [rows[order[cuts[o] : cuts[o + 1]]] for o in range(world)]
 
 
 def _exchange_tables(

@@ -401,8 +401,8 @@ class SSDStore:
             for name, t in self.tables.items():
                 deltas, base = list(t.deltas), t.base
                 if t.touched and len(deltas) >= _MAX_DELTAS:  # fold: opening then replays at most _MAX_DELTAS
-                    index = np.concatenate([t.index.keys, t.index.slots.view(np.uint64)]).tobytes()
-                    base, deltas = {"file": f"{_safe(name)}.base.{gen:010d}.bin", "crc32": zlib.crc32(index)}, []
+                    base, index = self._base_index(name, gen, t.index.keys, t.index.slots.view(np.uint64))
+                    deltas = []
                     files.append((self.dir / base["file"], index))
                 elif t.touched:
                     put_k, put_s, dels = self._changes(t)
@@ -465,12 +465,17 @@ class SSDStore:
                 self._hpool = ThreadPoolExecutor(1, thread_name_prefix="ssd-helper")
             return self._hpool
 
-    def _write_base(self, table: str, gen: int, keys: np.ndarray, slots: np.ndarray) -> dict:
-        """Writes a full index file (uint64 keys[m], then slots[m]) -> its manifest entry."""
+    @staticmethod
+    def _base_index(table: str, gen: int, keys: np.ndarray, slots: np.ndarray) -> tuple[dict, bytes]:
+        """A full index (uint64 keys[m], then slots[m]) -> (its manifest entry, the file's bytes)."""
         index = np.concatenate([keys, slots]).tobytes()
-        file = f"{_safe(table)}.base.{gen:010d}.bin"
-        atomic_write(self.dir / file, index, self.write_hook)
-        return {"file": file, "crc32": zlib.crc32(index)}
+        return {"file": f"{_safe(table)}.base.{gen:010d}.bin", "crc32": zlib.crc32(index)}, index
+
+    def _write_base(self, table: str, gen: int, keys: np.ndarray, slots: np.ndarray) -> dict:
+        """Writes a full index file -> its manifest entry."""
+        entry, index = self._base_index(table, gen, keys, slots)
+        atomic_write(self.dir / entry["file"], index, self.write_hook)
+        return entry
 
     def compact(self) -> int:
         """Rewrites live rows in key order into fresh data files with a base index; reclaims stale rows.
