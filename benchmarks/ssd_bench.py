@@ -76,15 +76,28 @@ def _rocks_read(db, keys: np.ndarray) -> np.ndarray:
 
 
 def _seq_read(path: Path, nbytes: int) -> np.ndarray:
+    """Reads the first `nbytes` of a file in one stream (one call moves at most 2 GiB on Linux: looped)."""
     buf = np.empty(nbytes, np.uint8)  # a fresh buffer, as our read returns fresh rows
+    view, at = memoryview(buf), 0
     with open(path, "rb", buffering=0) as f:
-        f.readinto(memoryview(buf))
+        while at < nbytes:
+            got = f.readinto(view[at:])
+            if not got:
+                raise OSError(f"{path}: {at} bytes, {nbytes} wanted")
+            at += got
     return buf
+
+
+def _write_all(f, data: bytes) -> None:
+    """Writes all of `data` to an unbuffered file (one write moves at most 2 GiB on Linux: looped)."""
+    view = memoryview(data)
+    while view:
+        view = view[f.write(view) :]
 
 
 def _seq_write(path: Path, data: bytes) -> None:
     with open(path, "wb", buffering=0) as f:
-        f.write(data)
+        _write_all(f, data)
         os.fsync(f.fileno())
 
 
@@ -93,7 +106,7 @@ def _seq_append(path: Path, data: bytes) -> None:
     file. Rewriting one file in place would reuse the page-cache pages its truncation just freed, which on this VM is
     ~10x cheaper than pages the guest has not touched yet (see RESULTS.md), and not what a growing store gets."""
     with open(path, "ab", buffering=0) as f:
-        f.write(data)
+        _write_all(f, data)
         os.fsync(f.fileno())
 
 
