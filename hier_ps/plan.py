@@ -47,6 +47,11 @@ class BatchPlan:
     slots: dict[str, tuple[np.ndarray, np.ndarray]]
     tables: dict[str, tuple[np.ndarray, np.ndarray]]
     table_slots: dict[str, list[str]] = field(default_factory=dict)  #: table -> its slots, in slot order
+    #: table -> (slot int64[occ], example int64[occ], counts int64[u]): the table's occurrences sorted by their row
+    #: among the unique rows, ties in occurrence order (stable), as the slot (index into ``table_slots[table]``) and
+    #: example in the batch of each; ``counts`` the occurrences of each unique row. The segments a deterministic
+    #: gradient sum needs, found by the pass's planning sort (empty: compute them from ``tables``' inverses).
+    order: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -88,6 +93,11 @@ class PassPlan:
         urows: table -> int64[...] unique local rows touched by each batch, batch after batch.
         inv: slot -> int64[nnz] position of each occurrence's row among its batch's unique rows (empty when planned
             with ``for_training=False``, as are urows and urow_offsets).
+        occ_offsets: table -> int64[num_batches+1] CSR offsets of each batch's occurrences in the ``sorted_*``
+            arrays (training plans).
+        sorted_slot, sorted_example: table -> int64[occ] the slot (index among the table's slots) and pass example
+            of each occurrence, occurrences sorted by (batch, row, slot, example) (see ``BatchPlan.order``).
+        urow_counts: table -> int64[...] occurrences of each of ``urows`` in its batch.
         rejected: table -> (keys with no row in this pass, occurrences turned away) for tables with admission. Such
             a table's working set has one extra local row after its keys, ``len(keys[table])``: the null row, which
             reads as zeros and takes no update; every occurrence before its key's admission points at it.
@@ -104,6 +114,10 @@ class PassPlan:
     urows: dict[str, np.ndarray]
     inv: dict[str, np.ndarray]
     rejected: dict[str, tuple[int, int]] = field(default_factory=dict)
+    occ_offsets: dict[str, np.ndarray] = field(default_factory=dict)
+    sorted_slot: dict[str, np.ndarray] = field(default_factory=dict)
+    sorted_example: dict[str, np.ndarray] = field(default_factory=dict)
+    urow_counts: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def num_examples(self) -> int:
@@ -128,15 +142,22 @@ class PassPlan:
             slots[slot] = (offsets[start : stop + 1] - lo, self.local[slot][lo:hi])
             if slot in self.inv:
                 invs.setdefault(table, []).append(self.inv[slot][lo:hi])
-        tables = {}
+        tables, order = {}, {}
         for table, parts in invs.items():
             uo = self.urow_offsets[table]
             inv = parts[0] if len(parts) == 1 else np.concatenate(parts)
             tables[table] = (self.urows[table][uo[i] : uo[i + 1]], inv)
+            if table in self.occ_offsets:
+                a, b = self.occ_offsets[table][i : i + 2]
+                order[table] = (
+                    self.sorted_slot[table][a:b],
+                    self.sorted_example[table][a:b] - start,
+                    self.urow_counts[table][uo[i] : uo[i + 1]],
+                )
         by_table: dict[str, list[str]] = {}
         for slot, table in self.slot_tables.items():
             by_table.setdefault(table, []).append(slot)
-        return BatchPlan(self.chunk.labels[start:stop], self.chunk.dense[start:stop], slots, tables, by_table)
+        return BatchPlan(self.chunk.labels[start:stop], self.chunk.dense[start:stop], slots, tables, by_table, order)
 
 
 Admit = Callable[[str, np.ndarray, np.ndarray, np.ndarray], np.ndarray]
@@ -191,8 +212,8 @@ def plan_pass(
         admission_tables: tables that `admit` decides for.
 
     Returns:
-        The PassPlan. All work is vectorized: one sort per table for the working set and one for the per-batch
-        unique rows.
+        The PassPlan. All work is vectorized: one sort per table for the working set and one (stable) for the
+        per-batch unique rows and the order of their occurrences.
     """
     n_batches = -(-len(chunk) // batch_size)
     by_table: dict[str, list[str]] = {}
@@ -200,6 +221,7 @@ def plan_pass(
         by_table.setdefault(table, []).append(slot)
 
     keys, counts, local, urow_offsets, urows, inv = {}, {}, {}, {}, {}, {}
+    occ_offsets, sorted_slot, sorted_example, urow_counts = {}, {}, {}, {}
     rejected: dict[str, tuple[int, int]] = {}
     for table, slots in by_table.items():
         parts = [chunk.sparse[s][1] for s in slots]
@@ -209,12 +231,11 @@ def plan_pass(
         loc = loc.astype(np.int64, copy=False).reshape(-1)
         n_rows = len(uniq)
         if for_training:
-            batch_of = []
-            for s in slots:
-                offsets = chunk.sparse[s][0]
-                example = np.repeat(np.arange(len(chunk), dtype=np.int64), np.diff(offsets))
-                batch_of.append(example // batch_size)
-            occ_batch = np.concatenate(batch_of) if len(batch_of) > 1 else batch_of[0]
+            example_of = [
+                np.repeat(np.arange(len(chunk), dtype=np.int64), np.diff(chunk.sparse[s][0])) for s in slots
+            ]
+            occ_example = np.concatenate(example_of) if len(example_of) > 1 else example_of[0]
+            occ_batch = occ_example // batch_size
             if admit is not None and table in admission_tables:
                 uniq, loc, cnt, rejected[table] = _admit(table, uniq, loc, occ_batch, admit)
                 n_rows = len(uniq) + 1  # the null row
@@ -225,17 +246,42 @@ def plan_pass(
         if not for_training:
             continue
 
-        # Unique (batch, row) pairs of the occurrences: sorted by batch, then by row.
+        # Unique (batch, row) pairs of the occurrences, sorted by batch, then by row: one stable sort, which also
+        # orders each batch's occurrences by row (ties in occurrence order) for the gradient sum.
         n_ws = max(n_rows, 1)
-        pairs, pos = np.unique(occ_batch * n_ws + loc, return_inverse=True)
-        pos = pos.astype(np.int64, copy=False).reshape(-1)
-        pair_batch = pairs // n_ws
-        offsets_u = np.searchsorted(pair_batch, np.arange(n_batches + 1, dtype=np.int64)).astype(np.int64)
+        code = occ_batch * n_ws + loc
+        perm = np.argsort(code, kind="stable")
+        sc = code[perm]
+        first = np.ones(len(sc), bool)
+        np.not_equal(sc[1:], sc[:-1], out=first[1:])
+        starts = np.flatnonzero(first)
+        pairs = sc[starts]
+        pos = np.empty(len(code), np.int64)
+        pos[perm] = np.cumsum(first) - 1
+        batches = np.arange(n_batches + 1, dtype=np.int64)
+        offsets_u = np.searchsorted(pairs // n_ws, batches).astype(np.int64)
         urow_offsets[table], urows[table] = offsets_u, pairs % n_ws
+        urow_counts[table] = np.diff(np.r_[starts, len(sc)]).astype(np.int64)
+        occ_offsets[table] = np.searchsorted(occ_batch[perm], batches).astype(np.int64)
+        sorted_slot[table] = (np.searchsorted(bounds, perm, side="right") - 1).astype(np.int64)
+        sorted_example[table] = occ_example[perm]
         rel = pos - offsets_u[occ_batch]
-
         for j, s in enumerate(slots):
             inv[s] = rel[bounds[j] : bounds[j + 1]]
     return PassPlan(
-        index, chunk, batch_size, keys, counts, local, dict(slot_tables), urow_offsets, urows, inv, rejected
+        index,
+        chunk,
+        batch_size,
+        keys,
+        counts,
+        local,
+        dict(slot_tables),
+        urow_offsets,
+        urows,
+        inv,
+        rejected,
+        occ_offsets,
+        sorted_slot,
+        sorted_example,
+        urow_counts,
     )

@@ -57,8 +57,20 @@ def test_plan_matches_oracle(data: st.DataObject, batch_size: int) -> None:
             occ_rows = np.concatenate([bp.slots[s][1] for s in slots])
             assert urows.tolist() == sorted(set(occ_rows.tolist()))  # unique rows of this batch
             assert urows[inv].tolist() == occ_rows.tolist()  # each occurrence finds its row
+            # The presorted segments: occurrences by row, ties in occurrence order (slot, then example).
+            occ = [(int(r), j, e) for j, s in enumerate(slots) for e in range(hi - lo) for r in _bag(bp, s, e)]
+            expect_order = sorted(range(len(occ)), key=lambda q: (occ[q][0], q))
+            slot_of, example_of, counts = bp.order[table]
+            assert slot_of.tolist() == [occ[q][1] for q in expect_order]
+            assert example_of.tolist() == [occ[q][2] for q in expect_order]
+            assert counts.tolist() == [sum(o[0] == r for o in occ) for r in urows.tolist()]
         seen += len(bp)
     assert seen == n
+
+
+def _bag(bp, slot: str, example: int) -> list[int]:
+    off, idx = bp.slots[slot]
+    return idx[off[example] : off[example + 1]].tolist()
 
 
 def test_eval_plan_skips_gradient_index() -> None:

@@ -101,6 +101,7 @@ class _Part:
     div: torch.Tensor | None  # float32[k*B] bag sizes (>= 1) for mean slots, 1 for sum slots (kernels that fuse it)
     urows: torch.Tensor  # int64[U] group rows to update, the tables' unique rows concatenated
     inv: np.ndarray | None  # int64[nnz] position in urows of each occurrence's row (None: planned for eval)
+    presorted: tuple[np.ndarray, np.ndarray] | None  # (bags, seg) from the plan's sort (see _segments), or None
     lengths: np.ndarray  # int64[k*B] bag sizes
     means: list[tuple[int, int, torch.Tensor]]  # (first bag, end bag, float32[hi-lo, 1] sizes) of each mean slot
     leaf: torch.Tensor | None = None  # float32[k*B, dim] pooled output of the last forward
@@ -154,6 +155,19 @@ class BatchLookup:
                 at += n
             ubase += len(u)
         inv_all = np.concatenate([inv_of[s] for s in slots]) if all(s in inv_of for s in slots) else None
+        presorted = None
+        if inv_all is not None and all(t in b.order for t in g.base if t in b.tables):
+            # The plan sorted each table's occurrences by row already: the occurrences' bags in that order, table
+            # after table (the order of urows), are the segments; no sort here.
+            part_slot = {s: j for j, s in enumerate(slots)}
+            bags, counts = [np.zeros(0, np.int64)], [np.zeros(1, np.int64)]
+            for t in g.base:
+                if t in b.tables:
+                    slot, example, cnt = b.order[t]
+                    first = np.array([part_slot[s] for s in b.table_slots[t]], np.int64) * len(b)
+                    bags.append(first[slot] + example)
+                    counts.append(cnt)
+            presorted = (np.concatenate(bags), np.cumsum(np.concatenate(counts)))
 
         def to(a: np.ndarray) -> torch.Tensor:
             return torch.from_numpy(a).to(dev, non_blocking=True)
@@ -166,6 +180,7 @@ class BatchLookup:
             None if div is None else to(div),
             to(np.concatenate(urows).astype(np.int64, copy=False)),
             None if inv_all is None else inv_all.astype(np.int64, copy=False),
+            presorted,
             lengths,
             [
                 (j * len(b), (j + 1) * len(b), to(np.maximum(np.diff(b.slots[s][0]), 1).astype(np.float32)[:, None]))
@@ -196,6 +211,9 @@ class BatchLookup:
         if p.inv is None:
             raise ValueError("BatchLookup: the batch was planned without inverses (for_training=False)")
         dev = p.rows.device
+        if p.presorted is not None:
+            bags, seg = p.presorted
+            return torch.from_numpy(bags).to(dev, non_blocking=True), torch.from_numpy(seg).to(dev, non_blocking=True)
         n_u = len(p.urows)
         if dev.type == "cpu":  # numpy's stable argsort and bincount beat torch's on CPU by far (measured, 2 cores)
             bag = np.repeat(np.arange(len(p.lengths), dtype=np.int64), p.lengths)

@@ -124,3 +124,56 @@ def test_like_tables_share_one_storage_and_stay_addressable() -> None:
         assert torch.equal(ws.tables[t].emb, before[t])
     ws.tables["b"].emb[0] = 5.0  # a table's emb is a view of its group's storage
     assert torch.all(ab.emb[ab.base["b"]] == 5.0)
+
+
+def test_segments_from_the_plans_sort_equal_the_sorted_inverses() -> None:
+    """A planned batch carries its occurrences' order (BatchPlan.order): the segments BatchLookup takes from it
+    equal those it sorts out of the inverses itself, with shared tables, a group of tables, the null row of
+    admission and empty bags; and the step is bit-identical either way."""
+    import dataclasses
+
+    from hier_ps.data import ExampleChunk
+    from hier_ps.plan import plan_pass
+
+    rng = np.random.default_rng(5)
+    n = 3 * B + 5  # a short last batch
+    sparse = {}
+    for s, t in SLOTS.items():
+        off = np.r_[0, np.cumsum(rng.integers(0, 4, n))].astype(np.int64)
+        sparse[s] = (off, (rng.integers(0, ROWS[t], off[-1]) * 3 + 1).astype(np.uint64))
+    chunk = ExampleChunk(np.zeros((n, 1), np.float32), np.zeros((n, 0), np.float32), sparse)
+
+    def admit(table: str, keys: np.ndarray, batches: np.ndarray, counts: np.ndarray) -> np.ndarray:
+        return (keys % 2 == 1) | (batches > 0)  # table a: even keys get a row only from batch 1 on
+
+    plan = plan_pass(chunk, SLOTS, B, 0, admit=admit, admission_tables={"a"})
+    assert plan.rejected["a"][1] > 0  # some occurrences point at the null row
+    cfg = SparseOptimizerConfig(name="adagrad", lr=0.1)
+    specs = {t: TableSpec(t, DIMS[t], InitConfig(name="normal", std=0.5), cfg) for t in DIMS}
+    results = []
+    for presorted in (True, False):
+        tables = {
+            t: WorkingSetTable.from_rows(
+                specs[t], k, specs[t].layout.new_rows(0, t, k, specs[t].init), "cpu", null_row=(t == "a")
+            )
+            for t, k in plan.keys.items()
+        }
+        ws = WorkingSet(tables)
+        for i in range(plan.num_batches):
+            b = plan.batch(i)
+            assert set(b.order) == set(b.tables)
+            lk = BatchLookup(ws, b if presorted else dataclasses.replace(b, order={}), SLOTS, POOLING)
+            pooled = lk.forward(requires_grad=True)
+            g = np.random.default_rng(i)  # the same upstream gradients in both runs
+            up = {s: torch.from_numpy(g.normal(size=(len(b), DIMS[t])).astype(np.float32)) for s, t in SLOTS.items()}
+            sum((pooled[s] * up[s]).sum() for s in SLOTS).backward()
+            if presorted:
+                ref = BatchLookup(ws, dataclasses.replace(b, order={}), SLOTS, POOLING)
+                for p, q in zip(lk.parts, ref.parts, strict=True):
+                    assert p.presorted is not None and q.presorted is None
+                    for x, y in zip(lk._segments(p), ref._segments(q), strict=True):
+                        assert torch.equal(x, y)
+            lk.backward_update()
+        results.append({t: (ws.tables[t].emb.clone(), ws.tables[t].state.clone()) for t in DIMS})
+    for t in DIMS:
+        assert torch.equal(results[0][t][0], results[1][t][0]) and torch.equal(results[0][t][1], results[1][t][1])
