@@ -139,7 +139,10 @@ def pairwise_dots(v: torch.Tensor, iu: torch.Tensor) -> torch.Tensor:
     Returns:
         ``[B, F*(F-1)/2]``, pair ``(0, 1)`` first, then ``(0, 2)`` ... ``(F-2, F-1)``.
     """
-    return torch.bmm(v, v.transpose(1, 2))[:, iu[0], iu[1]]
+    f = v.shape[1]
+    # One flat index_select rather than advanced indexing: the same values, and a backward that is an index_add_
+    # (each pair once) instead of an accumulating index_put_, ~2x faster for the whole op on CPU (B 4096, F 27, d 16).
+    return torch.bmm(v, v.transpose(1, 2)).flatten(1).index_select(1, iu[0] * f + iu[1])
 
 
 class CTRModel(nn.Module):
