@@ -4,7 +4,7 @@ A :class:`PassFeeder` walks the training data pass after pass (epochs, the data 
 limit), and for each pass reads its examples, shuffles them if asked and plans them, one pass ahead of the trainer.
 At most one planned pass waits, or (``in_flight``) at most two passes are planned and not yet done: the one training
 and the next. Reading and planning touch no tier, so they cannot see a stale row; pull, load and push stay in pass
-order (in one process the trainer's stager pulls and pushes beside training: :mod:`hier_ps.stager`). The admission
+order (the trainer's stager pulls and pushes beside training: :mod:`hier_ps.stager`). The admission
 sketch is updated by planning, in pass order as before; each item carries the sketch as it was
 right after its own planning, which is what a checkpoint after that pass must save.
 

@@ -1,5 +1,5 @@
-"""Pull and push beside training (one process): while pass k trains, a worker pulls pass k+1's new rows into staging
-and writes back the rows pass k-1 released.
+"""Pull and push beside training: while pass k trains, a worker pulls pass k+1's new rows into staging and writes
+back the rows pass k-1 released.
 
 The worker is one thread that runs its jobs in the order they were given, and it is the only user of the host tier
 (and the SSD store below it) while jobs are pending; the trainer waits for it (:meth:`Stager.drain`) before touching
@@ -12,6 +12,13 @@ a tier itself (eval, checkpoints, eviction, lookups). The order gives the consis
   leaves and comes back is read after its write-back lands;
 - staging names the working set it was computed against (a generation number); when the trainer dropped or replaced
   that set meanwhile (eviction drops it), the staged rows are thrown away and the pass pulls everything again.
+
+On several ranks each rank has its own worker over its own tiers. A row-wise sharded working set holds only keys
+the rank owns, so its pulls are local as in one process. A replicated one holds the whole working set: each rank
+reads the new keys it owns and an all-reduce gives every rank all new rows (``fetch``, see
+:func:`hier_ps.ring.replicated.pull_replicated`), over a process group used by the workers alone; the ranks queue
+the same stagings in the same order, so the workers' collectives match up. Write-backs stay local (each rank writes
+the departed rows it owns).
 
 Staged embeddings and optimizer state sit in pinned host memory when the device is CUDA, so the copy to the device
 at assembly is asynchronous (``non_blocking=True``); on CPU nothing is pinned.
@@ -37,7 +44,7 @@ from hier_ps.hbm.working_set import TableSpec, WorkingSet
 from hier_ps.ssd.table import in_sorted
 from hier_ps.tier import RowTier
 
-__all__ = ["HOST_COUNTERS", "Staged", "StagedTable", "Stager", "stage_measured", "stage_rows"]
+__all__ = ["HOST_COUNTERS", "Fetch", "Staged", "StagedTable", "Stager", "local_fetch", "stage_measured", "stage_rows"]
 
 HOST_COUNTERS = ("hits", "misses", "evictions", "rows_written_back")  #: the host-cache counters a job reports
 
@@ -53,7 +60,7 @@ class StagedTable:
         emb: float32[n_new_rows, dim], their embeddings (pinned on CUDA).
         state: float32[n_new_rows, S], their optimizer state (pinned on CUDA).
         meta: int64[n_new_rows, 2], their metadata.
-        n_new: keys that no tier had (initialized).
+        n_new: keys that no tier had (initialized); on several ranks, among the keys this rank owns.
     """
 
     shared: np.ndarray
@@ -76,6 +83,7 @@ class Staged:
         pull_s: seconds the pull took in the worker.
         host: host-cache counters of the pull (hits, misses, evictions, rows_written_back).
         ssd: SSD-store counters of the pull.
+        comm: collective -> bytes of the pull's collectives (a replicated working set on several ranks).
     """
 
     item: Any
@@ -84,6 +92,12 @@ class Staged:
     pull_s: float = 0.0
     host: dict[str, int] = field(default_factory=dict)
     ssd: dict[str, float] = field(default_factory=dict)
+    comm: dict[str, int] = field(default_factory=dict)
+
+
+Fetch = Callable[[dict[str, np.ndarray], dict[str, int]], dict[str, tuple[np.ndarray, int]]]
+"""``fetch(keys, comm) -> table -> (rows float32[n, width], keys no tier had)``: reads the rows of `keys` (table ->
+uint64[n]), counting the bytes of any collective in `comm`."""
 
 
 def _counters(host: Any, store: Any) -> tuple[dict[str, int], dict[str, float]]:
@@ -102,6 +116,15 @@ def _host_tensor(a: np.ndarray, pin: bool) -> torch.Tensor:
     return t.pin_memory() if pin else t
 
 
+def local_fetch(host: RowTier, specs: dict[str, TableSpec], seed: int) -> Fetch:
+    """The pull of one process (or of a rank that holds only keys it owns): :meth:`WorkingSet.fetch` from `host`."""
+
+    def fetch(keys: dict[str, np.ndarray], comm: dict[str, int]) -> dict[str, tuple[np.ndarray, int]]:
+        return WorkingSet.fetch(host, specs, keys, seed)
+
+    return fetch
+
+
 def stage_rows(
     host: RowTier,
     specs: dict[str, TableSpec],
@@ -109,6 +132,8 @@ def stage_rows(
     keys: dict[str, np.ndarray],
     base_keys: dict[str, np.ndarray] | None,
     pin: bool = False,
+    fetch: Fetch | None = None,
+    comm: dict[str, int] | None = None,
 ) -> tuple[dict[str, StagedTable], int]:
     """Pulls the rows of `keys` that the base working set lacks (its keys `base_keys`, sorted; None: pull all).
 
@@ -119,23 +144,29 @@ def stage_rows(
         keys: table -> uint64[n] sorted unique keys of the pass.
         base_keys: table -> uint64[m] sorted keys of the working set the pass will take shared rows from.
         pin: put the staged tensors in pinned memory (CUDA devices).
+        fetch: how the rows of the new keys are read, all tables at once (default: :func:`local_fetch`; a
+            replicated working set on several ranks: from the owners, with a collective).
+        comm: where `fetch` counts the bytes of its collectives.
 
     Returns:
         (table -> StagedTable, bytes pulled).
     """
-    out, nbytes = {}, 0
+    fetch = fetch if fetch is not None else local_fetch(host, specs, seed)
+    split = {}
     for name, k in keys.items():
-        spec = specs[name]
         base = base_keys.get(name) if base_keys is not None else None
         if base is not None and len(base):
             pos, shared = in_sorted(base, k)
             src = pos[shared]
         else:
             shared, src = np.zeros(len(k), bool), np.zeros(0, np.int64)
-        new = np.flatnonzero(~shared)
-        rows, n_new = WorkingSet.fetch(host, {name: spec}, {name: k[new]}, seed)[name]
+        split[name] = (shared, src, np.flatnonzero(~shared))
+    got = fetch({n: keys[n][new] for n, (_, _, new) in split.items()}, comm if comm is not None else {})
+    out, nbytes = {}, 0
+    for name, (shared, src, new) in split.items():
+        rows, n_new = got[name]
         nbytes += rows.nbytes
-        emb, state, meta = spec.layout.unpack(rows)
+        emb, state, meta = specs[name].layout.unpack(rows)
         out[name] = StagedTable(shared, src, new, _host_tensor(emb, pin), _host_tensor(state, pin), meta, n_new)
     return out, nbytes
 
@@ -147,15 +178,18 @@ def stage_measured(
     keys: dict[str, np.ndarray],
     base_keys: dict[str, np.ndarray] | None,
     pin: bool = False,
-) -> tuple[dict[str, StagedTable], float, dict[str, int], dict[str, float]]:
-    """:func:`stage_rows` with its cost: (tables, seconds, host-cache counters, SSD-store counters of the pull)."""
+    fetch: Fetch | None = None,
+) -> tuple[dict[str, StagedTable], float, dict[str, int], dict[str, float], dict[str, int]]:
+    """:func:`stage_rows` with its cost: (tables, seconds, host-cache counters, SSD-store counters, collective
+    bytes of the pull)."""
     store = getattr(host, "backing", None)
     h0, s0 = _counters(host, store)
+    comm: dict[str, int] = {}
     t0 = time.perf_counter()
-    tables, _ = stage_rows(host, specs, seed, keys, base_keys, pin)
+    tables, _ = stage_rows(host, specs, seed, keys, base_keys, pin, fetch, comm)
     pull_s = time.perf_counter() - t0
     h1, s1 = _counters(host, store)
-    return tables, pull_s, _delta(h1, h0), _delta(s1, s0)
+    return tables, pull_s, _delta(h1, h0), _delta(s1, s0), comm
 
 
 class Stager:
@@ -167,6 +201,9 @@ class Stager:
         seed: the run seed.
         device: the training device (CUDA: staged rows are pinned).
         next_item: called in the worker to get the next pass (e.g. ``PassFeeder.get``); None ends the run.
+        fetch: how staging reads rows (default :func:`local_fetch`). One with collectives (a replicated working set
+            on several ranks) must use a process group of its own, and every rank must queue the same stagings in
+            the same order.
     """
 
     def __init__(
@@ -176,8 +213,10 @@ class Stager:
         seed: int,
         device: torch.device,
         next_item: Callable[[], Any],
+        fetch: Fetch | None = None,
     ) -> None:
         self.host, self.specs, self.seed, self.next_item = host, specs, seed, next_item
+        self.fetch = fetch
         self.pin = device.type == "cuda"
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hier-ps-stager")
         self._pushes: list[Future] = []
@@ -212,7 +251,8 @@ class Stager:
             item = self.next_item()
             if item is None:
                 return Staged(None, base_gen)
-            staged = stage_measured(self.host, self.specs, self.seed, item.plan.keys, base_keys, self.pin)
+            keys = item.plan.keys
+            staged = stage_measured(self.host, self.specs, self.seed, keys, base_keys, self.pin, self.fetch)
             return Staged(item, base_gen, *staged)
 
         self._next = self._pool.submit(job)

@@ -52,11 +52,12 @@ from hier_ps.models import build_model_for
 from hier_ps.pipeline import PassFeeder, PassItem, cut_passes_by_budget
 from hier_ps.plan import BatchPlan, PassPlan, plan_pass
 from hier_ps.ring.group import Ring, owner, sum_hook
+from hier_ps.ring.replicated import pull_replicated
 from hier_ps.ring.reshard import remove_other_worlds, reshard_into, store_dir_for
 from hier_ps.ring.rowwise import fetch_rows, return_grads
 from hier_ps.ring.shard_plan import RankPlan, RowExchange, plan_rank_pass, rank_examples
 from hier_ps.ssd import SSDStore
-from hier_ps.stager import HOST_COUNTERS, Staged, Stager, stage_measured
+from hier_ps.stager import Staged, Stager, stage_measured
 
 __all__ = ["Trainer", "resolve_device"]
 
@@ -183,11 +184,10 @@ class Trainer:
         self._checkpointed_pass = -1
         self.store = self._open_store({n: s.layout.width for n, s in self.specs.items()})
         self.rows_total = {n: self.store.num_rows(n) for n in self.specs}  # every row is in the store at a commit
-        self._owned_new: dict[str, int] = {}
-        self._ws: WorkingSet | None = None  # one process: the last pass's rows, kept on the device for the next
+        self._ws: WorkingSet | None = None  # the last pass's rows (this rank's working set), kept for the next
         self._ws_dirty = False
         self._ws_gen = 0  # bumped whenever _ws is replaced or dropped: staging names the set it was made against
-        self._stager: Stager | None = None  # one process, during fit: the worker that pulls and pushes
+        self._stager: Stager | None = None  # during fit: the worker that pulls and pushes
         self._admission_state: dict[str, torch.Tensor] | None = None  # the sketch as of the last pass trained
         self.host = HostCache(self.store, int(cfg.store.host_cache_bytes), cfg.store.host_cache_policy.value)
         self._closed = False
@@ -515,18 +515,14 @@ class Trainer:
                 cfg.train.epochs,
                 cfg.train.pass_examples,
                 limit,
-                in_flight=2 if self.ring is None else None,  # the one training and the one being staged
+                in_flight=2,  # the one training and the one being staged
             )
-            # One process: pull and push run in the stager's worker while passes train (see hier_ps.stager).
-            stager = None
-            if self.ring is None:
-                stager = Stager(self.host, self.specs, cfg.run.seed, self.device, feeder.get)
-                self._stager = stager
-                stager.stage_next(self._ws_keys(), self._ws_gen)
+            # Pull and push run in the stager's worker while passes train (see hier_ps.stager), on several ranks too.
+            stager = Stager(self.host, self.specs, cfg.run.seed, self.device, feeder.get, self._pull_rows)
+            self._stager = stager
+            stager.stage_next(self._ws_keys(), self._ws_gen)
 
-            def next_pass() -> tuple[PassItem | None, Staged | None]:
-                if stager is None:
-                    return feeder.get(), None
+            def next_pass() -> tuple[PassItem | None, Staged]:
                 staged = stager.take_next()
                 return staged.item, staged
 
@@ -572,9 +568,8 @@ class Trainer:
                     item = nxt
             finally:
                 feeder.close()  # first: a staging job waiting for the next pass then ends
-                if stager is not None:
-                    stager.close()
-                    self._stager = None
+                stager.close()
+                self._stager = None
             bar.close()
             if self._checkpointed_pass != self.pass_index:
                 self._checkpoint(metrics_f)
@@ -673,77 +668,38 @@ class Trainer:
     def _run_pass(
         self, item: PassItem, times: dict[str, float], bar: tqdm, staged: Staged | None = None
     ) -> dict[str, Any]:
-        cfg = self.cfg
         plan, epoch, n_examples = item.plan, item.epoch, item.plan.num_examples
         assert item.pass_index == self.pass_index, (item.pass_index, self.pass_index)
         self._admission_state = item.extra  # what a checkpoint after this pass saves
         t1 = time.perf_counter()
-        ssd_before, host_before = dict(self.store.stats), dict(self.host.stats)
         comm_before = dict(self.ring.bytes) if self.ring else {}
-        replicated = self.ring is not None and not self.row_wise
-        mine = {n: owner(k, self.world) == self.rank for n, k in plan.keys.items()} if replicated else None
         plan_comm = plan.comm_bytes if isinstance(plan, RankPlan) else {}  # this pass's planning collectives
-        if self.row_wise:  # this rank holds only the rows it owns: the plan's keys
-            fetched = WorkingSet.fetch(self.host, self.specs, plan.keys, cfg.run.seed)
-            owned_new = {n: n_new for n, (_, n_new) in fetched.items()}
-            new_all = self._sum_ranks(owned_new)
-            fetched = {n: (r, new_all[n]) for n, (r, _) in fetched.items()}
-        elif self.ring is None:
-            self._check_hbm_budget(plan.keys)
-            # Rows shared with the last pass stay put; new rows come from staging; the next pass is staged.
-            ws, fetched, pushed_departed, overlap = self._load_delta(plan, staged)
-            owned_new = {n: n_new for n, (_, n_new) in fetched.items()}
-        else:
-            fetched = self._fetch(plan.keys, for_training=True)
-            owned_new = self._owned_new
+        self._check_hbm_budget(plan.keys)
+        # Rows shared with the last pass stay put; new rows come from staging; the next pass is staged (on several
+        # ranks too: each rank's working set is its own keys (row_wise) or the whole one (replicated)).
+        ws, owned_new, pushed, overlap = self._load_delta(plan, staged)
+        new_keys = self._sum_ranks(owned_new)  # keys no owner had, over the ranks
         t2 = time.perf_counter()
-        if self.ring is not None:
-            self._check_hbm_budget(plan.keys)
-            rows = {n: r for n, (r, _) in fetched.items()}
-            if self.row_wise:
-                ws = WorkingSet.load(self.specs, plan.keys, rows, self.device)
-            else:
-                ws = WorkingSet.load(self.specs, plan.keys, rows, self.device, null_rows=set(plan.rejected))
-            del rows
-        t3 = time.perf_counter()
         loss_sum = self._train_pass(plan, ws, bar)
-        t4 = time.perf_counter()
-        if self.row_wise:
-            pushed = ws.push(self.host, plan.counts, self.pass_index)
-        elif self.ring is not None:
-            pushed = ws.push(self.host, plan.counts, self.pass_index, mine)
-        else:
-            # The rows stay on the device for the next pass; those it does not share are written back then.
-            for n, t in ws.tables.items():
-                t.meta[:, 0] += plan.counts[n]
-                t.meta[:, 1] = self.pass_index
-            self._ws, self._ws_dirty = ws, True
-            pushed = pushed_departed
-            t_push = time.perf_counter()
-            push_s, push_host, push_ssd = overlap["push"].result() if overlap["push"] is not None else (0.0, {}, {})
-            overlap["wait"] = time.perf_counter() - t_push  # the write-back was slower than training: exposed
-            overlap["push_s"], overlap["host"] = push_s, _add(overlap["host"], push_host)
-            overlap["ssd"] = _add(overlap["ssd"], push_ssd)
+        # The rows stay on the device for the next pass; those it does not share are written back then.
+        for n, t in ws.tables.items():
+            t.meta[:, 0] += plan.counts[n]
+            t.meta[:, 1] = self.pass_index
+        self._ws, self._ws_dirty = ws, True
         del ws
+        t_push = time.perf_counter()
+        push_s, push_host, push_ssd = overlap["push"].result() if overlap["push"] is not None else (0.0, {}, {})
         t5 = time.perf_counter()
-        waited = times["wait"]  # for read + plan (+ pull, in one process) of this pass, before it began
-        times.update(pull=t2 - t1, load=t3 - t2, train=t4 - t3, push=t5 - t4)
-        if self.ring is None:
-            # pull and push ran in the stager's worker, beside training; the trainer's own parts are the wait for
-            # them (exposed), the assembly of the working set (load) and training.
-            times.update(
-                wait=times["wait"] + overlap["wait"],
-                pull=overlap["pull_s"],
-                load=t2 - t1,
-                train=t_push - t3,
-                push=overlap["push_s"],
-            )
-        # The trainer's own time for this pass: waiting for read + plan (the exposed part of the background
-        # stages), then pull, load, train, push.
+        waited = times["wait"]  # for read + plan + pull of this pass, before it began
+        # pull and push ran in the stager's worker, beside training; the trainer's own parts are the wait for them
+        # (exposed: for the staged pass before it began, for the write-back after training), the assembly of the
+        # working set (load) and training.
+        times.update(wait=waited + (t5 - t_push), pull=overlap["pull_s"], load=t2 - t1, train=t_push - t2, push=push_s)
+        # The trainer's own time for this pass: waiting for read + plan + pull (the exposed part of the background
+        # stages), then load, train and the wait for the write-back.
         wall = waited + (t5 - t1)
         self.pass_index += 1
         self.examples_seen += n_examples
-        ssd = {k: v - ssd_before.get(k, 0) for k, v in dict(self.store.stats).items() if isinstance(v, int | float)}
         for n, n_new in owned_new.items():
             self.rows_total[n] += n_new
         rec = {
@@ -755,23 +711,21 @@ class Trainer:
             "wall_s": wall,
             "exposed_s": times["wait"],
             "working_set_keys": plan.working_set_sizes(),
-            "new_keys": {n: n_new for n, (_, n_new) in fetched.items()},
+            "new_keys": new_keys,
             "seconds": times,
             "bytes_pushed": pushed,
-            "host_cache": self._host_stats(host_before),
-            "ssd": ssd,
+            # this pass's own pull and push (this rank's), not whatever the worker did meanwhile
+            "host_cache": self._host_stats(_add(overlap["host"], push_host)),
+            "ssd": _add(overlap["ssd"], push_ssd),
+            "background": ["read", "plan", "pull", "push"],  # stages that ran beside training
         }
-        if self.ring is None:  # this pass's own pull and push, not whatever the worker did meanwhile
-            rec["host_cache"] = self._host_stats({}, overlap["host"])
-            rec["ssd"] = overlap["ssd"]
-            rec["background"] = ["read", "plan", "pull", "push"]  # stages that ran beside training
-        if self.ring is not None:  # this rank's collective buffers in this pass, planning included
+        if self.ring is not None:  # this rank's collective buffers in this pass, planning and pull included
             rec["comm_bytes"] = {k: v - comm_before.get(k, 0) for k, v in self.ring.bytes.items()}
-            rec["comm_bytes"].update(plan_comm)
+            rec["comm_bytes"] = _add(_add(rec["comm_bytes"], plan_comm), overlap["comm"])
             rec["rank_share"] = plan.share  # what each rank read into its plan
         if plan.rejected:
             rec["admission"] = {
-                n: {"admitted_new": fetched[n][1], "rejected_keys": k, "rejected_occurrences": o}
+                n: {"admitted_new": new_keys[n], "rejected_keys": k, "rejected_occurrences": o}
                 for n, (k, o) in plan.rejected.items()
             }
         log.info(
@@ -786,13 +740,10 @@ class Trainer:
         )
         return rec
 
-    def _host_stats(self, before: dict[str, Any], counts: dict[str, int] | None = None) -> dict[str, Any]:
-        """This pass's host-cache counters (the cache's own are cumulative, or `counts` when given), its hit rate,
-        and rows resident."""
+    def _host_stats(self, counts: dict[str, int]) -> dict[str, Any]:
+        """A pass's host-cache counters `counts` (of its own pull and push) with its hit rate, and rows resident."""
         st = self.host.stats
-        out = {k: st[k] - before.get(k, 0) for k in HOST_COUNTERS if k in st}
-        if counts is not None:
-            out = dict(counts)
+        out = dict(counts)
         reads = out.get("hits", 0) + out.get("misses", 0)
         out["hit_rate"] = out.get("hits", 0) / reads if reads else 0.0
         if "resident_rows" in st:
@@ -804,32 +755,41 @@ class Trainer:
         return {n: t.keys for n, t in self._ws.tables.items()} if self._ws is not None else None
 
     def _load_delta(
-        self, plan: PassPlan, staged: Staged | None
-    ) -> tuple[WorkingSet, dict[str, tuple[None, int]], int, dict[str, Any]]:
-        """Load with the working-set delta (one process): rows the last pass also held are taken from the device as
-        they are; new rows come from `staged` (pulled by the stager while the last pass trained); the last pass's
-        other rows are queued for write-back, and then the next pass is queued for staging (in that order, so a key
-        that leaves and comes back is read after its write-back lands).
+        self, plan: PassPlan | RankPlan, staged: Staged | None
+    ) -> tuple[WorkingSet, dict[str, int], int, dict[str, Any]]:
+        """Load with the working-set delta: rows the last pass also held are taken from the device as they are; new
+        rows come from `staged` (pulled by the stager while the last pass trained); the last pass's other rows are
+        queued for write-back, and then the next pass is queued for staging (in that order, so a key that leaves and
+        comes back is read after its write-back lands).
+
+        On several ranks the working set is this rank's: its own keys (row_wise) or the whole pass's (replicated,
+        where each rank writes back only the departed rows it owns).
 
         Staging made against another working set than the one kept (dropped by eviction meanwhile) is thrown away
-        and the rows are pulled here.
+        and the rows are pulled here (on every rank alike: the generations move in step).
 
         Returns:
-            (the pass's working set, table -> (None, keys no tier had), bytes queued for write-back, overlap) where
-            overlap holds the pull's seconds and host/SSD counters and the push job's Future.
+            (the pass's working set, table -> keys that this rank's tiers lacked among those it owns, bytes queued for
+            write-back, overlap) where overlap holds the pull's seconds, host/SSD counters and collective bytes, and
+            the push job's Future.
         """
         prev, self._ws = self._ws, None
-        overlap: dict[str, Any] = {"pull_s": 0.0, "host": {}, "ssd": {}, "push": None}
+        overlap: dict[str, Any] = {"pull_s": 0.0, "host": {}, "ssd": {}, "comm": {}, "push": None}
         if staged is None or staged.base_gen != self._ws_gen:
             if self._stager is not None:
-                self._stager.drain()  # the worker is idle: the tiers are this thread's
+                self._stager.drain()  # the worker is idle: the tiers (and its process group) are this thread's
             base = {n: t.keys for n, t in prev.tables.items()} if prev is not None else None
-            stage, pull_s, host_c, ssd_c = stage_measured(self.host, self.specs, self.cfg.run.seed, plan.keys, base)
-            overlap.update(pull_s=pull_s, host=host_c, ssd=ssd_c)
+            seed = self.cfg.run.seed
+            stage, pull_s, host_c, ssd_c, comm = stage_measured(
+                self.host, self.specs, seed, plan.keys, base, fetch=self._pull_rows
+            )
+            overlap.update(pull_s=pull_s, host=host_c, ssd=ssd_c, comm=comm)
         else:
             stage = staged.tables
-            overlap.update(pull_s=staged.pull_s, host=dict(staged.host), ssd=dict(staged.ssd))
-        tables, fetched, departed_rows, pushed = {}, {}, {}, 0
+            overlap.update(pull_s=staged.pull_s, host=dict(staged.host), ssd=dict(staged.ssd), comm=dict(staged.comm))
+        # Row-wise, admission's null row is the exchange's (it reads as zeros there), not one of the owned rows.
+        null_rows = set(plan.rejected) if not self.row_wise else set()
+        tables, owned_new, departed_rows, pushed = {}, {}, {}, 0
         for name, keys in plan.keys.items():
             spec, st = self.specs[name], stage[name]
             old = prev.tables.get(name) if prev is not None else None
@@ -837,6 +797,9 @@ class Trainer:
                 # Rows the new pass does not hold go back to the host tier (unless a sync already wrote them).
                 departed = np.ones(len(old.keys), bool)
                 departed[st.src] = False
+                mine = self._owned(old.keys)
+                if mine is not None:
+                    departed &= mine
                 if departed.any():
                     d = torch.from_numpy(np.flatnonzero(departed)).to(old.emb.device)
                     rows = spec.layout.pack(
@@ -846,7 +809,7 @@ class Trainer:
                     )
                     departed_rows[name] = (old.keys[departed], rows)
                     pushed += rows.nbytes
-            extra = 1 if name in plan.rejected else 0  # the null row
+            extra = 1 if name in null_rows else 0
             n = len(keys) + extra
             emb = torch.empty(n, spec.dim, device=self.device)
             state = torch.empty(n, spec.layout.state, device=self.device)
@@ -865,18 +828,39 @@ class Trainer:
             if extra:
                 emb[-1], state[-1] = 0.0, 0.0
             tables[name] = WorkingSetTable(spec, keys, emb, state, meta)
-            fetched[name] = (None, st.n_new)
+            owned_new[name] = st.n_new
         del prev
         self._ws_gen += 1  # a new working set: the next pass is staged against it
         if self._stager is not None:
             if departed_rows:
                 overlap["push"] = self._stager.push(departed_rows)
             self._stager.stage_next(plan.keys, self._ws_gen)
-        return WorkingSet(tables), fetched, pushed, overlap
+        return WorkingSet(tables), owned_new, pushed, overlap
+
+    def _pull_rows(self, keys: dict[str, np.ndarray], comm: dict[str, int]) -> dict[str, tuple[np.ndarray, int]]:
+        """The training pull (a :data:`hier_ps.stager.Fetch`, run in the stager's worker): rows of `keys` (table ->
+        uint64[n]) -> table -> (rows float32[n, width], keys that this rank's tiers lacked among those it owns).
+
+        One process and row_wise read their own tiers (a rank's keys are its own); replicated, every rank asks for
+        the same keys, each reads those it owns, and an all-reduce over the workers' own group (``stage_group``)
+        gives every rank all rows (bytes counted in `comm`).
+        """
+        seed = self.cfg.run.seed
+        if self.ring is None or self.row_wise:
+            return WorkingSet.fetch(self.host, self.specs, keys, seed)
+        return pull_replicated(self.host, self.specs, keys, seed, self.ring, group=self.ring.stage_group, counter=comm)
+
+    def _owned(self, keys: np.ndarray) -> np.ndarray | None:
+        """bool[n]: which of a replicated working set's `keys` this rank owns (and so writes back); None (all of
+        them) in one process and row_wise."""
+        if self.ring is None or self.row_wise:
+            return None
+        return owner(keys, self.world) == self.rank
 
     def _sync_rows(self, drop: bool = False) -> None:
         """Writes the rows kept on the device since the last pass to the host tier (before eval, a checkpoint,
-        eviction or lookups read the tiers); with `drop`, forgets them (the next pass pulls everything).
+        eviction or lookups read the tiers; on several ranks, the rows this rank owns); with `drop`, forgets them
+        (the next pass pulls everything).
 
         Waits first for the stager's queued pulls and pushes: the tiers are then this thread's alone.
         """
@@ -885,7 +869,11 @@ class Trainer:
         ws = self._ws
         if ws is not None and self._ws_dirty:
             for name, t in ws.tables.items():
-                self.host.write(name, t.keys, t.rows())
+                keys, rows = t.keys, t.rows()
+                mine = self._owned(keys)
+                if mine is not None:
+                    keys, rows = keys[mine], rows[mine]
+                self.host.write(name, keys, rows)
             self._ws_dirty = False
         if drop:
             self._ws = None
@@ -994,46 +982,25 @@ class Trainer:
             ws.tables[t].apply(touched, grad)
         return float(loss.detach())
 
-    def _fetch(self, keys: dict[str, np.ndarray], for_training: bool) -> dict[str, tuple[np.ndarray, int]]:
-        """Pull: rows of `keys` (the same on every rank) from the tiers; on several ranks each rank reads the keys
-        it owns and an all-reduce gives every rank all rows (replicated working set).
-
-        Returns:
-            table -> (rows float32[n, width], keys without a row on any rank). Sets ``_owned_new``: table -> keys
-            without a row among this rank's own.
-        """
+    def _fetch(self, keys: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Rows of `keys` outside training (eval, lookups): table -> float32[n, width]; keys without a row read as
+        their initial rows, or as zeros in tables with admission. On several ranks (the same keys on every rank)
+        each rank reads the keys it owns and an all-reduce gives every rank all rows."""
         seed = self.cfg.run.seed
         if self.ring is None:
-            out = WorkingSet.fetch(self.host, self.specs, keys, seed, for_training=for_training)
-            self._owned_new = {n: n_new for n, (_, n_new) in out.items()}
-            return out
-        mine = {n: owner(k, self.world) == self.rank for n, k in keys.items()}
-        local = WorkingSet.fetch(
-            self.host, self.specs, {n: k[mine[n]] for n, k in keys.items()}, seed, for_training=for_training
-        )
-        self._owned_new = {n: n_new for n, (_, n_new) in local.items()}
-        # Floats (embedding, state) and the int64 metadata's bits (as int32 pairs) travel separately: a sum with
-        # zeros keeps floats exact, but metadata bits read as floats could be NaN or denormal.
-        floats, ints = [], []
-        for n, k in keys.items():
-            width = self.specs[n].layout.width
-            full = np.zeros((len(k), width), np.float32)
-            full[mine[n]] = local[n][0]
-            floats.append(full[:, : width - 4].reshape(-1))
-            ints.append(np.ascontiguousarray(full[:, width - 4 :]).view(np.int32).reshape(-1))
-        new = self._sum_ranks(self._owned_new)
-        what = "pull_all_reduce" if for_training else "eval_pull_all_reduce"
-        f = self.ring.all_reduce_(torch.from_numpy(np.concatenate(floats)).to(self._comm_device), what).cpu().numpy()
-        i = self.ring.all_reduce_(torch.from_numpy(np.concatenate(ints)).to(self._comm_device), what).cpu().numpy()
-        out, fo, io = {}, 0, 0
-        for n, k in keys.items():
-            width = self.specs[n].layout.width
-            rows = np.empty((len(k), width), np.float32)
-            rows[:, : width - 4] = f[fo : fo + len(k) * (width - 4)].reshape(len(k), width - 4)
-            rows[:, width - 4 :] = i[io : io + len(k) * 4].reshape(len(k), 4).view(np.float32)
-            fo, io = fo + len(k) * (width - 4), io + len(k) * 4
-            out[n] = (rows, new[n])
-        return out
+            out = WorkingSet.fetch(self.host, self.specs, keys, seed, for_training=False)
+        else:
+            out = pull_replicated(
+                self.host,
+                self.specs,
+                keys,
+                seed,
+                self.ring,
+                for_training=False,
+                what="eval_pull_all_reduce",
+                comm_device=self._comm_device,
+            )
+        return {n: r for n, (r, _) in out.items()}
 
     # ------------------------------------------------------------------ eval and inspection
     def evaluate(self, *, return_scores: bool = False) -> dict[str, Any]:
@@ -1062,8 +1029,7 @@ class Trainer:
                     chunk = chunk.slice(0, limit - seen)
                 seen += len(chunk)
                 plan = plan_pass(chunk, self.slot_tables, self.cfg.eval.batch_size, -1, for_training=False)
-                fetched = self._fetch(plan.keys, for_training=False)
-                ws = WorkingSet.load(self.specs, plan.keys, {n: r for n, (r, _) in fetched.items()}, self.device)
+                ws = WorkingSet.load(self.specs, plan.keys, self._fetch(plan.keys), self.device)
                 for i in range(plan.num_batches):
                     b = plan.batch(i)
                     pooled, _ = self._pooled(b, ws)
@@ -1118,7 +1084,7 @@ class Trainer:
         keys = np.asarray(keys).astype(np.uint64, copy=False).reshape(-1)
         self._sync_rows()
         uniq, inv = np.unique(keys, return_inverse=True)
-        rows, _ = self._fetch({table: uniq}, for_training=False)[table]
+        rows = self._fetch({table: uniq})[table]
         return rows[inv.reshape(-1), : self.specs[table].dim].copy()
 
     def save_dense(self, path: str | Path) -> None:

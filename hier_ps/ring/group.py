@@ -69,6 +69,7 @@ class Ring:
     backend: str
     bytes: dict[str, int] = field(default_factory=dict)
     plan_group: Any = None  #: a gloo group of all ranks for planning, which runs in the read-ahead thread
+    stage_group: Any = None  #: a gloo group of all ranks for the pulls of the stager's worker thread
 
     def count(self, what: str, t: torch.Tensor) -> None:
         self.bytes[what] = self.bytes.get(what, 0) + t.numel() * t.element_size()
@@ -125,18 +126,24 @@ class Ring:
                 dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
             except (RuntimeError, ValueError) as e:
                 raise HierPSError(f"cannot join the process group of rank {rank}/{world} ({e})") from None
+        # Every rank creates the groups, in this order.
         plan_group = dist.new_group(backend="gloo", timeout=datetime.timedelta(seconds=timeout_s))
+        stage_group = dist.new_group(backend="gloo", timeout=datetime.timedelta(seconds=timeout_s))
         log.info("rank %d of %d (local rank %d), backend %s", rank, world, local_rank, backend)
-        return cls(rank, world, local_rank, backend, plan_group=plan_group)
+        return cls(rank, world, local_rank, backend, plan_group=plan_group, stage_group=stage_group)
 
     @property
     def is_main(self) -> bool:
         return self.rank == 0
 
-    def all_reduce_(self, t: torch.Tensor, what: str = "other_all_reduce") -> torch.Tensor:
-        """In-place sum over ranks; its bytes are counted under `what`."""
-        self.count(what, t)
-        dist.all_reduce(t)
+    def all_reduce_(
+        self, t: torch.Tensor, what: str = "other_all_reduce", group: Any = None, counter: dict[str, int] | None = None
+    ) -> torch.Tensor:
+        """In-place sum over ranks (over `group`; default: the default group); its bytes are counted under `what` in
+        `counter` (default: :attr:`bytes`)."""
+        counter = self.bytes if counter is None else counter
+        counter[what] = counter.get(what, 0) + t.numel() * t.element_size()
+        dist.all_reduce(t, group=group)
         return t
 
     def all_gather_ints(self, value: int) -> list[int]:
