@@ -161,6 +161,8 @@ class PassPlan:
 
 
 Admit = Callable[[str, np.ndarray, np.ndarray, np.ndarray], np.ndarray]
+#: ``unique(keys uint64[n]) -> (sorted unique keys uint64[u], inverse int64[n])``, e.g. on the GPU
+Unique = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 
 def _admit(
@@ -196,6 +198,7 @@ def plan_pass(
     for_training: bool = True,
     admit: Admit | None = None,
     admission_tables: frozenset[str] | set[str] = frozenset(),
+    unique: Unique | None = None,
 ) -> PassPlan:
     """Plans one pass.
 
@@ -210,6 +213,8 @@ def plan_pass(
             :class:`hier_ps.admission.Admission`); other occurrences point at the table's null row (see
             PassPlan.rejected), and ``counts`` counts only admitted occurrences.
         admission_tables: tables that `admit` decides for.
+        unique: finds each table's working set and the inverse of its occurrences (default: ``np.unique``; the
+            trainer passes the GPU's key dedup when training on CUDA).
 
     Returns:
         The PassPlan. All work is vectorized: one sort per table for the working set and one (stable) for the
@@ -227,13 +232,15 @@ def plan_pass(
         parts = [chunk.sparse[s][1] for s in slots]
         sizes = [len(p) for p in parts]
         all_keys = np.concatenate(parts) if len(parts) > 1 else parts[0]
-        uniq, loc, cnt = np.unique(all_keys, return_inverse=True, return_counts=True)
+        if unique is None:
+            uniq, loc, cnt = np.unique(all_keys, return_inverse=True, return_counts=True)
+        else:
+            uniq, loc = unique(all_keys)
+            cnt = np.bincount(loc, minlength=len(uniq))
         loc = loc.astype(np.int64, copy=False).reshape(-1)
         n_rows = len(uniq)
         if for_training:
-            example_of = [
-                np.repeat(np.arange(len(chunk), dtype=np.int64), np.diff(chunk.sparse[s][0])) for s in slots
-            ]
+            example_of = [np.repeat(np.arange(len(chunk), dtype=np.int64), np.diff(chunk.sparse[s][0])) for s in slots]
             occ_example = np.concatenate(example_of) if len(example_of) > 1 else example_of[0]
             occ_batch = occ_example // batch_size
             if admit is not None and table in admission_tables:

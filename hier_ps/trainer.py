@@ -45,6 +45,7 @@ from hier_ps.data import ParquetReader, generate_synthetic
 from hier_ps.data.synthetic import GENERATOR_VERSION
 from hier_ps.errors import ConfigError, HierPSError, StoreError, StoreLockedError
 from hier_ps.hbm.batched import BatchLookup
+from hier_ps.hbm.kernels import CudaKernels, kernels_for
 from hier_ps.hbm.working_set import WorkingSet, WorkingSetTable, segment_sum, table_specs
 from hier_ps.hostmem import HostCache
 from hier_ps.metrics import auc, logloss
@@ -646,7 +647,13 @@ class Trainer:
             if order is not None:
                 chunk = chunk.take(order)
             plan: PassPlan | RankPlan = plan_pass(
-                chunk, self.slot_tables, cfg.train.batch_size, index, admit=admit, admission_tables=tables
+                chunk,
+                self.slot_tables,
+                cfg.train.batch_size,
+                index,
+                admit=admit,
+                admission_tables=tables,
+                unique=self._device_unique if isinstance(kernels_for(self.device), CudaKernels) else None,
             )
         else:
             idx, starts, glens = rank_examples(len(chunk), cfg.train.batch_size * self.world, self.world, self.rank)
@@ -664,6 +671,12 @@ class Trainer:
                 admission_tables=tables,
             )
         return plan, (self.admission.state_dict() if self.admission else None)
+
+    def _device_unique(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Planning's key dedup on the training GPU (keys.cu): uint64[n] -> (sorted unique uint64[u], inverse)."""
+        on_device = torch.from_numpy(np.ascontiguousarray(keys).view(np.int64)).to(self.device).view(torch.uint64)
+        u, inv = kernels_for(self.device).unique_keys(on_device)
+        return u.view(torch.int64).cpu().numpy().view(np.uint64), inv.cpu().numpy()
 
     def _run_pass(
         self, item: PassItem, times: dict[str, float], bar: tqdm, staged: Staged | None = None
@@ -790,6 +803,7 @@ class Trainer:
         # Row-wise, admission's null row is the exchange's (it reads as zeros there), not one of the owned rows.
         null_rows = set(plan.rejected) if not self.row_wise else set()
         tables, owned_new, departed_rows, pushed = {}, {}, {}, 0
+        k = kernels_for(self.device)  # row gathers and scatters on the device (CUDA kernels, or their twins)
         for name, keys in plan.keys.items():
             spec, st = self.specs[name], stage[name]
             old = prev.tables.get(name) if prev is not None else None
@@ -803,27 +817,27 @@ class Trainer:
                 if departed.any():
                     d = torch.from_numpy(np.flatnonzero(departed)).to(old.emb.device)
                     rows = spec.layout.pack(
-                        old.emb.index_select(0, d).float().cpu().numpy(),  # 16-bit rows: exact in fp32
-                        old.state.index_select(0, d).cpu().numpy(),
+                        k.gather_rows(old.emb, d).cpu().numpy(),  # fp32: exact for 16-bit rows
+                        k.gather_rows(old.state, d).cpu().numpy(),
                         old.meta[departed],
                     )
                     departed_rows[name] = (old.keys[departed], rows)
                     pushed += rows.nbytes
             extra = 1 if name in null_rows else 0
             n = len(keys) + extra
-            emb = torch.empty(n, spec.dim, device=self.device)
+            emb = torch.empty(n, spec.dim, dtype=spec.torch_dtype, device=self.device)
             state = torch.empty(n, spec.layout.state, device=self.device)
             meta = np.empty((len(keys), 2), np.int64)
             if len(st.new):
                 at_new = torch.from_numpy(st.new).to(self.device)
-                emb.index_copy_(0, at_new, st.emb.to(self.device, non_blocking=True))
-                state.index_copy_(0, at_new, st.state.to(self.device, non_blocking=True))
+                k.scatter_rows(emb, at_new, st.emb.to(self.device, non_blocking=True))
+                k.scatter_rows(state, at_new, st.state.to(self.device, non_blocking=True))
                 meta[st.new] = st.meta
             if len(st.src):
                 at_shared = torch.from_numpy(np.flatnonzero(st.shared)).to(self.device)
                 s_idx = torch.from_numpy(st.src).to(self.device)
-                emb.index_copy_(0, at_shared, old.emb.index_select(0, s_idx).float())
-                state.index_copy_(0, at_shared, old.state.index_select(0, s_idx))
+                k.scatter_rows(emb, at_shared, k.gather_rows(old.emb, s_idx))
+                k.scatter_rows(state, at_shared, k.gather_rows(old.state, s_idx))
                 meta[st.shared] = old.meta[st.src]
             if extra:
                 emb[-1], state[-1] = 0.0, 0.0

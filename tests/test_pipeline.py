@@ -386,3 +386,38 @@ def test_cuda_run_stages_into_pinned_memory_and_matches_cpu(tiny_data: dict, tmp
     for t, (keys, rows) in out["cpu"].items():
         assert np.array_equal(keys, out["cuda"][t][0])
         np.testing.assert_allclose(out["cuda"][t][1], rows, rtol=0, atol=1e-4)  # CUDA math differs in the last bits
+
+
+def test_pass_assembly_moves_rows_through_the_device_kernels(
+    tiny_data: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The working set's assembly (shared rows from the last pass, staged new rows) and the departed rows' gather go
+    through the device's row kernels (on CUDA the keys.cu kernels), and the run ends as one without the spy."""
+    import hier_ps.trainer as trainer_mod
+    from hier_ps.hbm.kernels import TorchTwins
+    from tests.test_trainer import all_rows
+
+    calls = {"gather_rows": 0, "scatter_rows": 0}
+
+    class Spy(TorchTwins):
+        def gather_rows(self, emb, idx):
+            calls["gather_rows"] += 1
+            return super().gather_rows(emb, idx)
+
+        def scatter_rows(self, emb, idx, src):
+            calls["scatter_rows"] += 1
+            return super().scatter_rows(emb, idx, src)
+
+    over = {"train.pass_examples": 2048, "store.host_cache_bytes": "4KiB"}
+    with hp.Trainer(tiny_config(tiny_data, tmp_path / "plain", **over)) as tr:
+        tr.fit()
+        ref = all_rows(tr)
+    monkeypatch.setattr(trainer_mod, "kernels_for", lambda device: Spy())
+    with hp.Trainer(tiny_config(tiny_data, tmp_path / "spy", **over)) as tr:
+        s = tr.fit()
+        got = all_rows(tr)
+    assert s["passes"] > 2
+    # Per table and pass: new rows and shared rows scattered (emb and state), shared and departed rows gathered.
+    assert calls["scatter_rows"] > 4 * len(ref) and calls["gather_rows"] > 2 * len(ref)
+    for t, (keys, rows) in ref.items():
+        assert np.array_equal(keys, got[t][0]) and np.array_equal(rows, got[t][1])

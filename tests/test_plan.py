@@ -108,3 +108,28 @@ def test_batch_slices_are_the_small_batches_with_global_rows() -> None:
                 assert np.array_equal(urows, b.tables[t][0])  # the whole batch's rows
                 ref_urows, ref_inv = ref.tables[t]
                 assert np.array_equal(urows[inv], ref_urows[ref_inv])  # each occurrence: the same row
+
+
+def test_a_given_key_dedup_plans_as_numpy_does() -> None:
+    """`unique` (the trainer passes the GPU's dedup on CUDA) gives the same plan as np.unique: here the torch-ops
+    twin of the kernel, on keys on both sides of 2**63 (uint64 order, not int64 order)."""
+    import torch
+
+    from hier_ps.hbm.kernels import unique_u64_torch
+
+    def torch_unique(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        u, inv = unique_u64_torch(torch.from_numpy(keys.view(np.int64)).view(torch.uint64))
+        return u.view(torch.int64).numpy().view(np.uint64), inv.numpy()
+
+    rng = np.random.default_rng(3)
+    n = 50
+    sparse = {}
+    for s in ("a", "b", "c"):
+        off = np.r_[0, np.cumsum(rng.integers(0, 4, n))].astype(np.int64)
+        sparse[s] = (off, rng.choice(np.array([1, 7, 2**63 - 1, 2**63, 2**64 - 1], np.uint64), off[-1]))
+    chunk = ExampleChunk(np.zeros((n, 1), np.float32), np.zeros((n, 0), np.float32), sparse)
+    slot_tables = {"a": "t", "b": "t", "c": "u"}
+    ref, got = plan_pass(chunk, slot_tables, 8, 0), plan_pass(chunk, slot_tables, 8, 0, unique=torch_unique)
+    for field in ("keys", "counts", "local", "urows", "inv", "sorted_slot", "sorted_example", "urow_counts"):
+        a, b = getattr(ref, field), getattr(got, field)
+        assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a), field
