@@ -127,6 +127,16 @@ class TorchTwins:
         emb.index_copy_(0, idx, src.to(emb.dtype))
 
 
+def _i64(t: torch.Tensor) -> torch.Tensor:
+    """An index tensor as the kernels read it: int64, contiguous (a no-op when it already is)."""
+    return t.to(torch.int64).contiguous()
+
+
+def _f32(t: torch.Tensor | None) -> torch.Tensor | None:
+    """A gradient or divisor tensor as the kernels read it: float32, contiguous (a no-op when it already is)."""
+    return None if t is None else t.to(torch.float32).contiguous()
+
+
 def _block(dim: int) -> tuple[int, int]:
     """(threads per row, rows per block): a power of two <= 32 lanes per row, 256 threads per block."""
     x = 1
@@ -157,6 +167,9 @@ class CudaKernels(TorchTwins):
     def _launch(self, mod: str, name: str, grid: int, block: tuple[int, int], args: tuple) -> None:
         cp = self._cp
         dev = next(a.device for a in args if isinstance(a, torch.Tensor))
+        devices = {str(a.device) for a in args if isinstance(a, torch.Tensor)}
+        if len(devices) > 1:  # a raw pointer into another device's memory would be read as if it were this one's
+            raise ValueError(f"kernel {name}: tensors on several devices ({', '.join(sorted(devices))})")
         ptr = torch.cuda.current_stream(dev).cuda_stream
         key = (ptr, dev.index)  # the default stream is 0 on every device
         stream = self._streams.get(key)
@@ -175,7 +188,7 @@ class CudaKernels(TorchTwins):
         if n_bags == 0:
             return out
         bx, by = _block(dim)
-        rows, offsets = rows.contiguous(), offsets.contiguous()
+        rows, offsets, div = _i64(rows), _i64(offsets), _f32(div)
         args = (emb, rows, offsets, self._cp.uint64(0) if div is None else div, np.int64(n_bags), np.int32(dim), out)
         self._launch("embedding.cu", f"pooled_forward_{_DTYPE_SUFFIX[emb.dtype]}", -(-n_bags // by), (bx, by), args)
         return out
@@ -198,6 +211,9 @@ class CudaKernels(TorchTwins):
             return TorchTwins.update(self, opt, emb, state, urows, g)
         if n == 0:
             return None
+        if state.dtype != torch.float32:
+            raise TypeError(f"optimizer state must be float32, got {state.dtype}")
+        div = _f32(div)
         c = opt.cfg
         alpha = c.alpha if c.alpha is not None else c.lr
         hyper = [
@@ -211,11 +227,11 @@ class CudaKernels(TorchTwins):
             emb,
             st,
             np.int32(st_w),
-            urows.contiguous(),
+            _i64(urows),
             np.int64(n),
-            seg.contiguous(),
-            bags.contiguous(),
-            grad.contiguous(),
+            _i64(seg),
+            _i64(bags),
+            _f32(grad),
             self._cp.uint64(0) if div is None else div,
             np.int32(dim),
             *hyper,
@@ -229,7 +245,7 @@ class CudaKernels(TorchTwins):
         if emb.shape[1] > _MAX_DIM or not emb.is_contiguous() or not state.is_contiguous():
             return TorchTwins.update(self, opt, emb, state, urows, g)
         ar = torch.arange(len(urows) + 1, device=urows.device)
-        return self.backward_update(opt, emb, state, urows, ar, ar[:-1], g.contiguous(), None)
+        return self.backward_update(opt, emb, state, urows, ar, ar[:-1], g, None)
 
     def unique_keys(self, keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         n = len(keys)
@@ -253,7 +269,7 @@ class CudaKernels(TorchTwins):
         out = torch.empty(n, dim, dtype=torch.float32, device=emb.device)
         if n and emb.is_contiguous():
             bx, by = _block(dim)
-            args = (emb, idx.contiguous(), np.int64(n), np.int32(dim), out)
+            args = (emb, _i64(idx), np.int64(n), np.int32(dim), out)
             self._launch("keys.cu", f"gather_rows_{_DTYPE_SUFFIX[emb.dtype]}", -(-n // by), (bx, by), args)
             return out
         return super().gather_rows(emb, idx)
@@ -265,7 +281,7 @@ class CudaKernels(TorchTwins):
         if not emb.is_contiguous():
             return super().scatter_rows(emb, idx, src)
         bx, by = _block(dim)
-        args = (emb, idx.contiguous(), np.int64(n), np.int32(dim), src.float().contiguous())
+        args = (emb, _i64(idx), np.int64(n), np.int32(dim), _f32(src))
         self._launch("keys.cu", f"scatter_rows_{_DTYPE_SUFFIX[emb.dtype]}", -(-n // by), (bx, by), args)
 
 

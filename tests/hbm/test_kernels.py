@@ -137,6 +137,47 @@ def test_kernels_for_cpu_is_the_twins() -> None:
     assert isinstance(K.kernels_for("cpu"), K.TorchTwins) and not isinstance(K.kernels_for("cpu"), K.CudaKernels)
 
 
+def test_cuda_kernel_wrappers_hand_the_kernels_int64_indices_and_float32_values() -> None:
+    """The kernels read raw pointers: the wrappers cast indices to int64 and gradients/divisors/sources to float32
+    (contiguous) first, and a launch with tensors on two devices is refused. Runs on CPU with the launch recorded."""
+    import types
+
+    kernels = object.__new__(K.CudaKernels)  # no __init__: no CuPy here
+    kernels._cp = types.SimpleNamespace(uint64=np.uint64)
+    launched: list[tuple] = []
+    kernels._launch = lambda mod, name, grid, block, args: launched.append(args)
+    emb, state = torch.zeros(8, 4), torch.zeros(8, 1)
+    i32 = torch.tensor([0, 2, 2, 5], dtype=torch.int32)
+    kernels.pooled(emb, i32, torch.tensor([0, 1, 4], dtype=torch.int32), torch.ones(2, dtype=torch.float64))
+    kernels.backward_update(
+        make_sparse_optimizer(SparseOptimizerConfig(name="rowwise_adagrad", **CFG)),
+        emb,
+        state,
+        torch.tensor([0, 2, 5], dtype=torch.int32),
+        torch.tensor([0, 1, 3, 4], dtype=torch.int32),
+        torch.tensor([0, 1, 1, 1], dtype=torch.int32),
+        torch.ones(2, 4, dtype=torch.float64).t().contiguous().t(),  # float64 and not contiguous
+        None,
+    )
+    kernels.gather_rows(emb, i32)
+    kernels.scatter_rows(emb, i32, torch.ones(4, 4, dtype=torch.float64))
+    tensors = [a for args in launched for a in args if isinstance(a, torch.Tensor) and a is not emb and a is not state]
+    assert len(launched) == 4 and len(tensors) == 12  # 4 + 4 + 2 + 2: every index and value tensor
+    for t in tensors:
+        assert t.dtype in (torch.int64, torch.float32) and t.is_contiguous(), t.dtype
+    with pytest.raises(TypeError, match="float32"):
+        kernels.backward_update(
+            make_sparse_optimizer(SparseOptimizerConfig(name="adagrad", **CFG)),
+            emb,
+            torch.zeros(8, 4, dtype=torch.float16),
+            *(torch.tensor([0]), torch.tensor([0, 1]), torch.tensor([0])),
+            torch.ones(1, 4),
+            None,
+        )
+    with pytest.raises(ValueError, match="several devices"):
+        K.CudaKernels._launch(kernels, "keys.cu", "gather_rows_f32", 1, (1, 1), (emb, torch.zeros(1, device="meta")))
+
+
 # ---------------------------------------------------------------------------------------------- sources compile
 NVCC = shutil.which("nvcc") or ("/usr/local/cuda/bin/nvcc" if Path("/usr/local/cuda/bin/nvcc").exists() else None)
 
