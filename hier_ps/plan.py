@@ -47,7 +47,7 @@ class BatchPlan:
     slots: dict[str, tuple[np.ndarray, np.ndarray]]
     tables: dict[str, tuple[np.ndarray, np.ndarray]]
     table_slots: dict[str, list[str]] = field(default_factory=dict)  #: table -> its slots, in slot order
-    #: table -> (slot int64[occ], example int64[occ], counts int64[u]): the table's occurrences sorted by their row
+    #: table -> (slot int16[occ], example int32[occ], counts int64[u]): the table's occurrences sorted by their row
     #: among the unique rows, ties in occurrence order (stable), as the slot (index into ``table_slots[table]``) and
     #: example in the batch of each; ``counts`` the occurrences of each unique row. The segments a deterministic
     #: gradient sum needs, found by the pass's planning sort (empty: compute them from ``tables``' inverses).
@@ -95,8 +95,9 @@ class PassPlan:
             with ``for_training=False``, as are urows and urow_offsets).
         occ_offsets: table -> int64[num_batches+1] CSR offsets of each batch's occurrences in the ``sorted_*``
             arrays (training plans).
-        sorted_slot, sorted_example: table -> int64[occ] the slot (index among the table's slots) and pass example
-            of each occurrence, occurrences sorted by (batch, row, slot, example) (see ``BatchPlan.order``).
+        sorted_slot, sorted_example: table -> int16[occ] / int32[occ] the slot (index among the table's slots) and
+            pass example of each occurrence, occurrences sorted by (batch, row, slot, example) (see
+            ``BatchPlan.order``).
         urow_counts: table -> int64[...] occurrences of each of ``urows`` in its batch.
         rejected: table -> (keys with no row in this pass, occurrences turned away) for tables with admission. Such
             a table's working set has one extra local row after its keys, ``len(keys[table])``: the null row, which
@@ -221,10 +222,14 @@ def plan_pass(
         per-batch unique rows and the order of their occurrences.
     """
     n_batches = -(-len(chunk) // batch_size)
+    if for_training and len(chunk) >= 2**31:
+        raise ValueError(f"a pass of {len(chunk)} examples: passes are planned with int32 example indices (< 2**31)")
     by_table: dict[str, list[str]] = {}
     for slot, table in slot_tables.items():
         by_table.setdefault(table, []).append(slot)
 
+    if any(len(slots) >= 2**15 for slots in by_table.values()):
+        raise ValueError("a table with 32768 or more slots: plans index a table's slots with int16")
     keys, counts, local, urow_offsets, urows, inv = {}, {}, {}, {}, {}, {}
     occ_offsets, sorted_slot, sorted_example, urow_counts = {}, {}, {}, {}
     rejected: dict[str, tuple[int, int]] = {}
@@ -270,8 +275,9 @@ def plan_pass(
         urow_offsets[table], urows[table] = offsets_u, pairs % n_ws
         urow_counts[table] = np.diff(np.r_[starts, len(sc)]).astype(np.int64)
         occ_offsets[table] = np.searchsorted(occ_batch[perm], batches).astype(np.int64)
-        sorted_slot[table] = (np.searchsorted(bounds, perm, side="right") - 1).astype(np.int64)
-        sorted_example[table] = occ_example[perm]
+        # Small dtypes: these two arrays live as long as the plan (up to two passes in flight), 6 bytes per occurrence.
+        sorted_slot[table] = (np.searchsorted(bounds, perm, side="right") - 1).astype(np.int16)
+        sorted_example[table] = occ_example[perm].astype(np.int32)
         rel = pos - offsets_u[occ_batch]
         for j, s in enumerate(slots):
             inv[s] = rel[bounds[j] : bounds[j + 1]]
