@@ -6,8 +6,10 @@ setup(
     name="hier_ps",
     version="0.1.0",
     description="GPU-first hierarchical embedding trainer: SSD -> host RAM -> HBM, trained pass by pass",
-    packages=find_packages(include=["hier_ps", "hier_ps.*"]),
-    package_data={"hier_ps": ["configs/*.yaml"]},
+    # The CUDA kernels' sources (compiled at run time by NVRTC) ship inside the package as hier_ps/cuda_kernels.
+    packages=[*find_packages(include=["hier_ps", "hier_ps.*"]), "hier_ps.cuda_kernels"],
+    package_dir={"hier_ps.cuda_kernels": "cuda_kernels"},
+    package_data={"hier_ps": ["configs/*.yaml"], "hier_ps.cuda_kernels": ["*.cu", "*.cuh"]},
     python_requires=">=3.11",
     install_requires=["torch>=2.4", "numpy>=1.24", "pyarrow>=14", "pyyaml>=6", "tqdm>=4.60", "matplotlib>=3.7"],
     extras_require={

@@ -45,7 +45,9 @@ __all__ = ["CudaKernels", "TorchTwins", "kernel_sources", "kernels_for", "unique
 
 log = logging.getLogger(__name__)
 
-_SRC_DIR = Path(__file__).resolve().parents[2] / "cuda_kernels"
+_CHECKOUT_SRC = Path(__file__).resolve().parents[2] / "cuda_kernels"
+# A checkout (or editable install) reads the sources where they are; an installed wheel carries them in the package.
+_SRC_DIR = _CHECKOUT_SRC if _CHECKOUT_SRC.is_dir() else Path(__file__).resolve().parents[1] / "cuda_kernels"
 _SOURCES = ("embedding.cu", "keys.cu")
 _DTYPE_SUFFIX = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 _MAX_DIM = 512  # 32 lanes x MAXV elements per thread in embedding.cu
