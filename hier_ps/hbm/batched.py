@@ -100,7 +100,7 @@ class _Part:
     offsets: torch.Tensor  # int64[k*B+1] bag offsets, bag j*B+i = example i of the part's j-th slot
     div: torch.Tensor | None  # float32[k*B] bag sizes (>= 1) for mean slots, 1 for sum slots (kernels that fuse it)
     urows: torch.Tensor  # int64[U] group rows to update, the tables' unique rows concatenated
-    inv: np.ndarray | None  # int64[nnz] position in urows of each occurrence's row (None: planned for eval)
+    inv: np.ndarray | None  # int64[nnz] position in urows of each occurrence's row (None: presorted, or eval)
     presorted: tuple[np.ndarray, np.ndarray] | None  # (bags, seg) from the plan's sort (see _segments), or None
     lengths: np.ndarray  # int64[k*B] bag sizes
     means: list[tuple[int, int, torch.Tensor]]  # (first bag, end bag, float32[hi-lo, 1] sizes) of each mean slot
@@ -139,35 +139,35 @@ class BatchLookup:
             div = np.concatenate(
                 [np.maximum(np.diff(b.slots[s][0]), 1) if pooling[s] == "mean" else np.ones(len(b)) for s in slots]
             ).astype(np.float32)
-        # Occurrences of a table's slots are concatenated in slot order in its inverse; cut it back per slot. (A batch
-        # planned for eval has no inverses: then there is nothing to update.)
-        inv_of: dict[str, np.ndarray] = {}
-        urows, ubase = [np.zeros(0, np.int64)], 0
-        for t in g.base:
-            if t not in b.tables:
-                continue
-            u, inv = b.tables[t]
-            urows.append(u + g.base[t])
-            at = 0
-            for s in b.table_slots[t]:
-                n = int(b.slots[s][0][-1])
-                inv_of[s] = inv[at : at + n] + ubase
-                at += n
-            ubase += len(u)
-        inv_all = np.concatenate([inv_of[s] for s in slots]) if all(s in inv_of for s in slots) else None
-        presorted = None
-        if inv_all is not None and all(t in b.order for t in g.base if t in b.tables):
-            # The plan sorted each table's occurrences by row already: the occurrences' bags in that order, table
-            # after table (the order of urows), are the segments; no sort here.
-            part_slot = {s: j for j, s in enumerate(slots)}
-            bags, counts = [np.zeros(0, np.int64)], [np.zeros(1, np.int64)]
-            for t in g.base:
-                if t in b.tables:
+        tables = [t for t in g.base if t in b.tables]  # tables with training inverses (eval plans have none)
+        urows = [np.zeros(0, np.int64), *(b.tables[t][0] + g.base[t] for t in tables)]
+        inv_all, presorted = None, None
+        if all(slot_tables[s] in b.tables for s in slots):  # else: planned for eval, nothing to update
+            if all(t in b.order for t in tables):
+                # The plan sorted each table's occurrences by row already: the occurrences' bags in that order,
+                # table after table (the order of urows), are the segments; no sort, and no inverses needed.
+                part_slot = {s: j for j, s in enumerate(slots)}
+                bags, counts = [np.zeros(0, np.int64)], [np.zeros(1, np.int64)]
+                for t in tables:
                     slot, example, cnt = b.order[t]
                     first = np.array([part_slot[s] for s in b.table_slots[t]], np.int64) * len(b)
                     bags.append(first[slot] + example)
                     counts.append(cnt)
-            presorted = (np.concatenate(bags), np.cumsum(np.concatenate(counts)))
+                presorted = (np.concatenate(bags), np.cumsum(np.concatenate(counts)))
+            else:
+                # Occurrences of a table's slots are concatenated in slot order in its inverse; cut it back per
+                # slot, offset by the rows of the tables before it in urows.
+                inv_of: dict[str, np.ndarray] = {}
+                ubase = 0
+                for t in tables:
+                    u, inv = b.tables[t]
+                    at = 0
+                    for s in b.table_slots[t]:
+                        n = int(b.slots[s][0][-1])
+                        inv_of[s] = inv[at : at + n] + ubase
+                        at += n
+                    ubase += len(u)
+                inv_all = np.concatenate([inv_of[s] for s in slots]).astype(np.int64, copy=False)
 
         def to(a: np.ndarray) -> torch.Tensor:
             return torch.from_numpy(a).to(dev, non_blocking=True)
@@ -179,7 +179,7 @@ class BatchLookup:
             to(offsets),
             None if div is None else to(div),
             to(np.concatenate(urows).astype(np.int64, copy=False)),
-            None if inv_all is None else inv_all.astype(np.int64, copy=False),
+            inv_all,
             presorted,
             lengths,
             [
@@ -208,12 +208,12 @@ class BatchLookup:
 
     def _segments(self, p: _Part) -> tuple[torch.Tensor, torch.Tensor]:
         """(bags int64[nnz] of the occurrences sorted by unique row, stable; seg int64[U+1] CSR over them)."""
-        if p.inv is None:
-            raise ValueError("BatchLookup: the batch was planned without inverses (for_training=False)")
         dev = p.rows.device
         if p.presorted is not None:
             bags, seg = p.presorted
             return torch.from_numpy(bags).to(dev, non_blocking=True), torch.from_numpy(seg).to(dev, non_blocking=True)
+        if p.inv is None:
+            raise ValueError("BatchLookup: the batch was planned without inverses (for_training=False)")
         n_u = len(p.urows)
         if dev.type == "cpu":  # numpy's stable argsort and bincount beat torch's on CPU by far (measured, 2 cores)
             bag = np.repeat(np.arange(len(p.lengths), dtype=np.int64), p.lengths)
