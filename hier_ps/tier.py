@@ -23,7 +23,8 @@ class RowTier(Protocol):
         ...
 
     def read(self, table: str, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """-> (rows float32[n, width], found bool[n]); rows of keys not found are zero. Keys are unique."""
+        """-> (rows float32[n, width], found bool[n]); rows of keys not found are zero. Keys are unique. The rows
+        are a new C-contiguous array, the caller's to keep and change."""
         ...
 
     def write(self, table: str, keys: np.ndarray, rows: np.ndarray) -> None:

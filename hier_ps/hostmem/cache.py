@@ -37,6 +37,9 @@ class _Slots:
         self.uses = np.zeros(cap, np.uint32)  # lfu: reads and writes since the row became resident
         self.ikeys = np.zeros(0, np.uint64)  # sorted resident keys
         self.islots = np.zeros(0, np.int32)  # their slots
+        # The unused slots, without scanning `used`: the released ones (by delete) and every slot from `fresh` on.
+        self.fresh = 0
+        self.released = np.zeros(0, np.int64)
 
     @property
     def overhead_bytes(self) -> int:
@@ -47,6 +50,16 @@ class _Slots:
     @property
     def resident(self) -> int:
         return len(self.ikeys)
+
+    def take_unused(self, n: int) -> np.ndarray:
+        """Up to `n` unused slots (int64), released ones first; they count as taken from now on."""
+        k = min(n, len(self.released))
+        taken, self.released = self.released[:k], self.released[k:]
+        m = min(n - k, self.cap - self.fresh)
+        if m > 0:
+            taken = np.concatenate([taken, np.arange(self.fresh, self.fresh + m, dtype=np.int64)])
+            self.fresh += m
+        return taken
 
     def index_remove(self, keys: np.ndarray) -> None:
         """Drops resident `keys` from the sorted index (a memmove, no sort of the index)."""
@@ -147,7 +160,7 @@ class HostCache:
         """n free slots of `name`, evicting LRU rows (dirty ones written back) as needed; n <= cap."""
         s = self.t[name]
         need = n - (s.cap - s.resident)
-        free = np.flatnonzero(~s.used)[:n] if s.resident < s.cap else np.zeros(0, np.int64)
+        free = s.take_unused(n)
         if need > 0:
             occ = s.islots
             score = s.last_use[occ].astype(np.int64)
@@ -204,7 +217,10 @@ class HostCache:
         miss = np.flatnonzero(~hit)
         if len(miss):
             mrows, mfound = self.backing.read(table, keys[miss])
-            self.mover.scatter(rows, miss, mrows)
+            if len(miss) == len(keys):  # all missed: the backing tier's rows are the caller's to keep
+                rows = mrows
+            else:
+                self.mover.scatter(rows, miss, mrows)
             found[miss] = mfound
             fetched = miss[mfound]
             if s.cap and len(fetched):
@@ -258,6 +274,7 @@ class HostCache:
         if resident.any():
             s.used[slots[resident]] = False
             s.dirty[slots[resident]] = False
+            s.released = np.concatenate([s.released, slots[resident]])
             s.index_remove(keys[resident])
         self.backing.delete(table, keys)
         self._update_stats()

@@ -230,6 +230,21 @@ def test_batched_backing_calls_and_counters() -> None:
     assert cache.resident("a") == 2 and 46 not in backing.d["a"] and backing.calls["delete"] == 1
 
 
+def test_deleted_slots_are_reused_before_any_eviction() -> None:
+    cache = HostCache(DictTier({"a": 2}), 6 * 8)  # 6 rows
+    k = np.arange(20, dtype=np.uint64)
+    cache.write("a", k[:6], np.arange(12, dtype=np.float32).reshape(6, 2))
+    cache.delete("a", k[1:5:2])  # frees two slots in the middle
+    cache.write("a", k[10:12], np.full((2, 2), 9, np.float32))
+    s = cache.t["a"]
+    assert cache.stats["evictions"] == 0 and cache.resident("a") == 6
+    assert sorted(s.islots.tolist()) == list(range(6)) and s.used.all()
+    rows, found = cache.read("a", k[[0, 2, 4, 5, 10, 11]])
+    assert found.all() and rows[:4].tolist() == [[0, 1], [4, 5], [8, 9], [10, 11]] and (rows[4:] == 9).all()
+    cache.write("a", k[12:13], np.zeros((1, 2), np.float32))  # full now: one eviction
+    assert cache.stats["evictions"] == 1 and cache.resident("a") == 6
+
+
 def test_tiers_implement_the_protocol(tmp_path: Path) -> None:
     with SSDStore(tmp_path, {"a": 1}) as store:
         assert isinstance(store, RowTier) and isinstance(HostCache(store, 0), RowTier)
