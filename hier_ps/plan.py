@@ -21,7 +21,9 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -190,6 +192,102 @@ def _admit(
     return uniq[ok_row], new_loc, cnt, (len(uniq) - n_ok, int((~occ_ok).sum()))
 
 
+def _unique_inverse_counts(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``np.unique(keys, return_inverse=True, return_counts=True)`` for a 1-D array, with one argsort and no
+    second pass over the sorted keys (about 1.8x faster on 100k uint64 keys)."""
+    if not len(keys):
+        return keys.copy(), np.zeros(0, np.int64), np.zeros(0, np.int64)
+    order = np.argsort(keys)
+    sk = keys[order]
+    first = np.empty(len(sk), bool)
+    first[0] = True
+    np.not_equal(sk[1:], sk[:-1], out=first[1:])
+    starts = np.flatnonzero(first)
+    counts = np.diff(np.r_[starts, len(sk)]).astype(np.int64)
+    inverse = np.empty(len(keys), np.int64)
+    inverse[order] = np.repeat(np.arange(len(starts), dtype=np.int64), counts)
+    return sk[starts], inverse, counts
+
+
+def _stable_argsort(code: np.ndarray, bound: int) -> tuple[np.ndarray, np.ndarray]:
+    """(``np.argsort(code, kind="stable")``, ``code`` in that order) for codes int64 in [0, bound).
+
+    When ``bound * len(code)`` fits in int64, each code is tagged with its position and the tags are sorted by
+    value: the tags are distinct, so any sort gives the stable order, and numpy's value sort of int64 is several
+    times faster than its stable argsort (which it falls back to otherwise).
+    """
+    n = len(code)
+    if n and bound * n < 2**63:
+        tagged = code * n
+        tagged += np.arange(n, dtype=np.int64)
+        tagged.sort()
+        perm = tagged % n
+        tagged //= n
+        return perm, tagged
+    perm = np.argsort(code, kind="stable")
+    return perm, code[perm]
+
+
+def _plan_table(
+    chunk: ExampleChunk,
+    table: str,
+    slots: list[str],
+    batch_size: int,
+    n_batches: int,
+    for_training: bool,
+    admit: Admit | None,
+    admitted: bool,
+    unique: Unique | None,
+) -> dict[str, Any]:
+    """One table's part of :func:`plan_pass` (the PassPlan fields of that table, by field name)."""
+    parts = [chunk.sparse[s][1] for s in slots]
+    sizes = [len(p) for p in parts]
+    all_keys = np.concatenate(parts) if len(parts) > 1 else parts[0]
+    if unique is None:
+        uniq, loc, cnt = _unique_inverse_counts(all_keys)
+    else:
+        uniq, loc = unique(all_keys)
+        cnt = np.bincount(loc, minlength=len(uniq))
+    loc = loc.astype(np.int64, copy=False).reshape(-1)
+    n_rows = len(uniq)
+    out: dict[str, Any] = {}
+    if for_training:
+        example_of = [np.repeat(np.arange(len(chunk), dtype=np.int64), np.diff(chunk.sparse[s][0])) for s in slots]
+        occ_example = np.concatenate(example_of) if len(example_of) > 1 else example_of[0]
+        occ_batch = occ_example // batch_size
+        if admit is not None and admitted:
+            uniq, loc, cnt, out["rejected"] = _admit(table, uniq, loc, occ_batch, admit)
+            n_rows = len(uniq) + 1  # the null row
+    out["keys"], out["counts"] = uniq.astype(np.uint64, copy=False), cnt.astype(np.int64)
+    bounds = np.cumsum([0, *sizes])
+    out["local"] = {s: loc[bounds[j] : bounds[j + 1]] for j, s in enumerate(slots)}
+    if not for_training:
+        return out
+
+    # Unique (batch, row) pairs of the occurrences, sorted by batch, then by row: one stable sort, which also
+    # orders each batch's occurrences by row (ties in occurrence order) for the gradient sum.
+    n_ws = max(n_rows, 1)
+    code = occ_batch * n_ws + loc
+    perm, sc = _stable_argsort(code, n_batches * n_ws)
+    first = np.ones(len(sc), bool)
+    np.not_equal(sc[1:], sc[:-1], out=first[1:])
+    starts = np.flatnonzero(first)
+    pairs = sc[starts]
+    counts_u = np.diff(np.r_[starts, len(sc)]).astype(np.int64)
+    pos = np.empty(len(code), np.int64)
+    pos[perm] = np.repeat(np.arange(len(starts), dtype=np.int64), counts_u)
+    batches = np.arange(n_batches + 1, dtype=np.int64)
+    offsets_u = np.searchsorted(pairs // n_ws, batches).astype(np.int64)
+    out["urow_offsets"], out["urows"], out["urow_counts"] = offsets_u, pairs % n_ws, counts_u
+    out["occ_offsets"] = np.searchsorted(occ_batch[perm], batches).astype(np.int64)
+    # Small dtypes: these two arrays live as long as the plan (up to two passes in flight), 6 bytes per occurrence.
+    out["sorted_slot"] = (np.searchsorted(bounds, perm, side="right") - 1).astype(np.int16)
+    out["sorted_example"] = occ_example[perm].astype(np.int32)
+    rel = pos - offsets_u[occ_batch]
+    out["inv"] = {s: rel[bounds[j] : bounds[j + 1]] for j, s in enumerate(slots)}
+    return out
+
+
 def plan_pass(
     chunk: ExampleChunk,
     slot_tables: dict[str, str],
@@ -200,6 +298,7 @@ def plan_pass(
     admit: Admit | None = None,
     admission_tables: frozenset[str] | set[str] = frozenset(),
     unique: Unique | None = None,
+    pool: Executor | None = None,
 ) -> PassPlan:
     """Plans one pass.
 
@@ -216,6 +315,7 @@ def plan_pass(
         admission_tables: tables that `admit` decides for.
         unique: finds each table's working set and the inverse of its occurrences (default: ``np.unique``; the
             trainer passes the GPU's key dedup when training on CUDA).
+        pool: plans tables side by side on these threads (numpy's sorts release the GIL); the plan is the same.
 
     Returns:
         The PassPlan. All work is vectorized: one sort per table for the working set and one (stable) for the
@@ -233,54 +333,43 @@ def plan_pass(
     keys, counts, local, urow_offsets, urows, inv = {}, {}, {}, {}, {}, {}
     occ_offsets, sorted_slot, sorted_example, urow_counts = {}, {}, {}, {}
     rejected: dict[str, tuple[int, int]] = {}
-    for table, slots in by_table.items():
-        parts = [chunk.sparse[s][1] for s in slots]
-        sizes = [len(p) for p in parts]
-        all_keys = np.concatenate(parts) if len(parts) > 1 else parts[0]
-        if unique is None:
-            uniq, loc, cnt = np.unique(all_keys, return_inverse=True, return_counts=True)
-        else:
-            uniq, loc = unique(all_keys)
-            cnt = np.bincount(loc, minlength=len(uniq))
-        loc = loc.astype(np.int64, copy=False).reshape(-1)
-        n_rows = len(uniq)
-        if for_training:
-            example_of = [np.repeat(np.arange(len(chunk), dtype=np.int64), np.diff(chunk.sparse[s][0])) for s in slots]
-            occ_example = np.concatenate(example_of) if len(example_of) > 1 else example_of[0]
-            occ_batch = occ_example // batch_size
-            if admit is not None and table in admission_tables:
-                uniq, loc, cnt, rejected[table] = _admit(table, uniq, loc, occ_batch, admit)
-                n_rows = len(uniq) + 1  # the null row
-        keys[table], counts[table] = uniq.astype(np.uint64, copy=False), cnt.astype(np.int64)
-        bounds = np.cumsum([0, *sizes])
-        for j, s in enumerate(slots):
-            local[s] = loc[bounds[j] : bounds[j + 1]]
-        if not for_training:
-            continue
 
-        # Unique (batch, row) pairs of the occurrences, sorted by batch, then by row: one stable sort, which also
-        # orders each batch's occurrences by row (ties in occurrence order) for the gradient sum.
-        n_ws = max(n_rows, 1)
-        code = occ_batch * n_ws + loc
-        perm = np.argsort(code, kind="stable")
-        sc = code[perm]
-        first = np.ones(len(sc), bool)
-        np.not_equal(sc[1:], sc[:-1], out=first[1:])
-        starts = np.flatnonzero(first)
-        pairs = sc[starts]
-        pos = np.empty(len(code), np.int64)
-        pos[perm] = np.cumsum(first) - 1
-        batches = np.arange(n_batches + 1, dtype=np.int64)
-        offsets_u = np.searchsorted(pairs // n_ws, batches).astype(np.int64)
-        urow_offsets[table], urows[table] = offsets_u, pairs % n_ws
-        urow_counts[table] = np.diff(np.r_[starts, len(sc)]).astype(np.int64)
-        occ_offsets[table] = np.searchsorted(occ_batch[perm], batches).astype(np.int64)
-        # Small dtypes: these two arrays live as long as the plan (up to two passes in flight), 6 bytes per occurrence.
-        sorted_slot[table] = (np.searchsorted(bounds, perm, side="right") - 1).astype(np.int16)
-        sorted_example[table] = occ_example[perm].astype(np.int32)
-        rel = pos - offsets_u[occ_batch]
-        for j, s in enumerate(slots):
-            inv[s] = rel[bounds[j] : bounds[j + 1]]
+    def one(table: str) -> dict[str, Any]:
+        return _plan_table(
+            chunk,
+            table,
+            by_table[table],
+            batch_size,
+            n_batches,
+            for_training,
+            admit,
+            table in admission_tables,
+            unique,
+        )
+
+    # Tables plan independently, numpy sorting without the GIL: a pool overlaps them. Admission updates its sketch
+    # and the device dedup launches kernels: those tables keep the caller's thread, in table order.
+    alone = [t for t in by_table if unique is not None or (admit is not None and t in admission_tables)]
+    spread = [t for t in by_table if t not in alone]
+    results: dict[str, dict[str, Any]] = {t: one(t) for t in alone}
+    if pool is not None and len(spread) > 1:
+        results.update(zip(spread, pool.map(one, spread), strict=True))
+    else:
+        results.update((t, one(t)) for t in spread)
+    for table in by_table:  # table order, whatever order they were planned in
+        r = results[table]
+        keys[table], counts[table] = r["keys"], r["counts"]
+        local.update(r["local"])
+        if "rejected" in r:
+            rejected[table] = r["rejected"]
+        if for_training:
+            inv.update(r["inv"])
+            urow_offsets[table], urows[table], urow_counts[table] = r["urow_offsets"], r["urows"], r["urow_counts"]
+            occ_offsets[table], sorted_slot[table], sorted_example[table] = (
+                r["occ_offsets"],
+                r["sorted_slot"],
+                r["sorted_example"],
+            )
     return PassPlan(
         index,
         chunk,

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hier_ps.data import ExampleChunk
-from hier_ps.plan import plan_pass
+from hier_ps.plan import _stable_argsort, _unique_inverse_counts, plan_pass
 
 bags = st.lists(st.lists(st.integers(0, 12), max_size=4), min_size=1, max_size=30)
 
@@ -42,6 +46,13 @@ def test_plan_matches_oracle(data: st.DataObject, batch_size: int) -> None:
             assert ws[plan.local[s]].tolist() == chunk.sparse[s][1].tolist()  # local rows point at the keys
 
     assert plan.num_batches == -(-n // batch_size)
+    with ThreadPoolExecutor(2) as pool:  # tables planned side by side: the same plan, field by field
+        pooled = plan_pass(chunk, slot_tables, batch_size, index=3, pool=pool)
+    for f in dataclasses.fields(plan):
+        mine, theirs = getattr(plan, f.name), getattr(pooled, f.name)
+        if isinstance(mine, dict) and f.name not in ("rejected", "slot_tables"):
+            assert list(mine) == list(theirs), f.name
+            assert all(np.array_equal(mine[k], theirs[k]) and mine[k].dtype == theirs[k].dtype for k in mine), f.name
     seen = 0
     for i in range(plan.num_batches):
         bp = plan.batch(i)
@@ -133,3 +144,17 @@ def test_a_given_key_dedup_plans_as_numpy_does() -> None:
     for field in ("keys", "counts", "local", "urows", "inv", "sorted_slot", "sorted_example", "urow_counts"):
         a, b = getattr(ref, field), getattr(got, field)
         assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a), field
+
+
+@pytest.mark.parametrize("n", [0, 1, 7, 5000])
+def test_the_fast_unique_and_stable_sort_equal_numpys(n: int) -> None:
+    rng = np.random.default_rng(n)
+    keys = rng.integers(0, max(n // 3, 1), n).astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)  # both sides of 2^63
+    got, want = _unique_inverse_counts(keys), np.unique(keys, return_inverse=True, return_counts=True)
+    for g, w in zip(got, want, strict=True):
+        assert np.array_equal(g, w.reshape(-1))
+    assert got[1].dtype == got[2].dtype == np.int64
+    code = rng.integers(0, 50, n).astype(np.int64)  # many ties: their order is what a stable sort fixes
+    for bound in (50, 2**62):  # the tagged value sort, and the fallback when tags would overflow int64
+        perm, sorted_code = _stable_argsort(code, bound)
+        assert np.array_equal(perm, np.argsort(code, kind="stable")) and np.array_equal(sorted_code, np.sort(code))
