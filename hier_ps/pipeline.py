@@ -41,7 +41,6 @@ class PassItem:
         epoch: the pass's epoch.
         pass_in_epoch: its index within the epoch.
         pass_index: its global index.
-        end_of_epoch: it is the epoch's last pass.
         seconds: {"read": ..., "plan": ...} spent on it in the background.
         extra: what `plan_fn` returned beside the plan (e.g. the admission sketch after planning).
     """
@@ -50,9 +49,24 @@ class PassItem:
     epoch: int
     pass_in_epoch: int
     pass_index: int
-    end_of_epoch: bool
     seconds: dict[str, float]
     extra: Any = None
+    _end: bool | BaseException | None = field(default=None, repr=False)
+    _end_known: threading.Event = field(default_factory=threading.Event, repr=False)
+
+    def set_end_of_epoch(self, end: bool | BaseException) -> None:
+        """What reading the next pass found: the epoch ended (bool), or the error reading it raised."""
+        self._end = end
+        self._end_known.set()
+
+    @property
+    def end_of_epoch(self) -> bool:
+        """It is the epoch's last pass. The feeder hands a pass over before it reads the next one (so that the
+        first pass need not wait for the second's read); this waits for that read, and re-raises its error."""
+        self._end_known.wait()
+        if isinstance(self._end, BaseException):
+            raise self._end
+        return bool(self._end)
 
 
 @dataclass
@@ -115,6 +129,7 @@ class PassFeeder:
         return False
 
     def _run(self) -> None:
+        waiting: PassItem | None = None  # handed over, its end of epoch not known yet
         try:
             epoch, skip, index = self.start
             while epoch < self.epochs and (self.max_passes is None or index < self.max_passes):
@@ -132,17 +147,22 @@ class PassFeeder:
                     t0 = time.perf_counter()
                     plan, extra = self.plan_fn(chunk, epoch, index)
                     plan_s = time.perf_counter() - t0
-                    t0 = time.perf_counter()
-                    nxt = next(it, None)  # one pass ahead within the epoch: is this its last?
-                    next_read_s = time.perf_counter() - t0
-                    item = PassItem(plan, epoch, pos, index, nxt is None, {"read": read_s, "plan": plan_s}, extra)
+                    item = PassItem(plan, epoch, pos, index, {"read": read_s, "plan": plan_s}, extra)
                     if not self._put(item):
                         return
+                    t0 = time.perf_counter()
+                    waiting = item
+                    nxt = next(it, None)  # one pass ahead within the epoch: was the item its last?
+                    waiting = None
+                    next_read_s = time.perf_counter() - t0
+                    item.set_end_of_epoch(nxt is None)
                     chunk, read_s, pos, index = nxt, next_read_s, pos + 1, index + 1
                 epoch, skip = epoch + 1, 0
             self._put(None)
         except BaseException as e:  # handed to the trainer's thread, raised there
             self._put(_Failure(e))
+            if waiting is not None:  # the read after it failed: its end_of_epoch raises the error too
+                waiting.set_end_of_epoch(e)
 
     def get(self) -> PassItem | None:
         """The next pass (waits for it), or None after the last one. Re-raises an error of the reading thread."""

@@ -81,6 +81,23 @@ def test_an_error_in_the_reading_thread_reaches_the_trainer() -> None:
     assert not any(t.name == "hier-ps-feeder" and t.is_alive() for t in threading.enumerate())
 
 
+def test_a_pass_is_handed_over_before_the_next_one_is_read() -> None:
+    second_read = threading.Event()
+
+    def chunks(pass_examples: int):
+        yield 1
+        assert second_read.wait(10)  # the next pass's read takes long
+        yield 2
+
+    f = PassFeeder(chunks, lambda c, e, i: (c, None), (0, 0, 0), 1, 1, None)
+    first = f.get()  # does not wait for the second read
+    assert first.plan == 1 and not first._end_known.is_set()
+    second_read.set()
+    assert first.end_of_epoch is False
+    assert (second := f.get()).plan == 2 and second.end_of_epoch is True and f.get() is None
+    f.close()
+
+
 def test_telemetry_is_consistent(tiny_data: dict, tmp_path: Path) -> None:
     cfg = tiny_config(tiny_data, tmp_path, **{"train.pass_examples": 4096})
     with hp.Trainer(cfg) as tr:
