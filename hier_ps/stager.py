@@ -57,8 +57,8 @@ class StagedTable:
         shared: bool[n], the key is in the base working set.
         src: int64[n_shared], its row there (for the shared keys, in key order).
         new: int64[n_new_rows], positions of the other keys in the pass's keys.
-        emb: float32[n_new_rows, dim], their embeddings (pinned on CUDA).
-        state: float32[n_new_rows, S], their optimizer state (pinned on CUDA).
+        emb: float32[n_new_rows, dim], their embeddings (pinned copies on CUDA, else views of the pulled rows).
+        state: float32[n_new_rows, S], their optimizer state (likewise).
         meta: int64[n_new_rows, 2], their metadata.
         n_new: keys that no tier had (initialized); on several ranks, among the keys this rank owns.
     """
@@ -166,8 +166,15 @@ def stage_rows(
     for name, (shared, src, new) in split.items():
         rows, n_new = got[name]
         nbytes += rows.nbytes
-        emb, state, meta = specs[name].layout.unpack(rows)
-        out[name] = StagedTable(shared, src, new, _host_tensor(emb, pin), _host_tensor(state, pin), meta, n_new)
+        layout = specs[name].layout
+        if pin:  # contiguous pinned copies, for asynchronous copies to the GPU
+            emb, state, meta = layout.unpack(rows)
+            out[name] = StagedTable(shared, src, new, _host_tensor(emb, True), _host_tensor(state, True), meta, n_new)
+        else:  # views of the pulled rows: assembly reads them in place, no copy here
+            packed = torch.from_numpy(rows)
+            d, s = layout.dim, layout.state
+            meta = np.ascontiguousarray(rows[:, d + s :]).view(np.int64).reshape(len(rows), 2)
+            out[name] = StagedTable(shared, src, new, packed[:, :d], packed[:, d : d + s], meta, n_new)
     return out, nbytes
 
 

@@ -18,6 +18,7 @@ import shutil
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,7 @@ from hier_ps.hbm.batched import BatchLookup
 from hier_ps.hbm.kernels import CudaKernels, kernels_for
 from hier_ps.hbm.working_set import WorkingSet, WorkingSetTable, segment_sum, table_specs
 from hier_ps.hostmem import HostCache
+from hier_ps.hostmem.gather import default_threads
 from hier_ps.metrics import auc, logloss
 from hier_ps.models import build_model_for
 from hier_ps.pipeline import PassFeeder, PassItem, cut_passes_by_budget
@@ -189,6 +191,7 @@ class Trainer:
         self._ws_dirty = False
         self._ws_gen = 0  # bumped whenever _ws is replaced or dropped: staging names the set it was made against
         self._stager: Stager | None = None  # during fit: the worker that pulls and pushes
+        self._work_pool: ThreadPoolExecutor | None = None  # during fit: planning and new rows' init spread tables
         self._admission_state: dict[str, torch.Tensor] | None = None  # the sketch as of the last pass trained
         self.host = HostCache(self.store, int(cfg.store.host_cache_bytes), cfg.store.host_cache_policy.value)
         self._closed = False
@@ -509,6 +512,9 @@ class Trainer:
                 # A checkpoint of the empty start: a crash before the first real checkpoint resumes from here, so that
                 # the store's commits are never without a checkpoint that names them.
                 self._checkpoint(metrics_f)
+            # Planning and the init of new rows spread a pass's tables over a few threads (the first pass has the
+            # cores to itself).
+            self._work_pool = ThreadPoolExecutor(max_workers=default_threads(), thread_name_prefix="hier-ps-work")
             feeder = PassFeeder(
                 self._pass_chunks,
                 self._plan_for,
@@ -571,6 +577,8 @@ class Trainer:
                 feeder.close()  # first: a staging job waiting for the next pass then ends
                 stager.close()
                 self._stager = None
+                self._work_pool.shutdown(wait=True)
+                self._work_pool = None
             bar.close()
             if self._checkpointed_pass != self.pass_index:
                 self._checkpoint(metrics_f)
@@ -654,6 +662,7 @@ class Trainer:
                 admit=admit,
                 admission_tables=tables,
                 unique=self._device_unique if isinstance(kernels_for(self.device), CudaKernels) else None,
+                pool=self._work_pool,
             )
         else:
             idx, starts, glens = rank_examples(len(chunk), cfg.train.batch_size * self.world, self.world, self.rank)
@@ -861,7 +870,7 @@ class Trainer:
         """
         seed = self.cfg.run.seed
         if self.ring is None or self.row_wise:
-            return WorkingSet.fetch(self.host, self.specs, keys, seed)
+            return WorkingSet.fetch(self.host, self.specs, keys, seed, pool=self._work_pool)
         return pull_replicated(self.host, self.specs, keys, seed, self.ring, group=self.ring.stage_group, counter=comm)
 
     def _owned(self, keys: np.ndarray) -> np.ndarray | None:

@@ -17,6 +17,7 @@ Example:
 
 from __future__ import annotations
 
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -178,22 +179,37 @@ class WorkingSet:
         seed: int,
         *,
         for_training: bool = True,
+        pool: Executor | None = None,
     ) -> dict:
         """Pull stage: packed rows of every working-set key from `tier`; keys it lacks get their initial rows
         (outside training, in tables with ``zero_unseen``: zero rows, as admission would have them read).
 
+        Args:
+            pool: computes the initial rows of the tables side by side on these threads (the tier is read in the
+                caller's thread, table after table); the rows are the same.
+
         Returns:
             table -> (rows float32[n, width], number of keys the tier lacked).
         """
-        out = {}
+        out, todo = {}, []
         for name, k in keys.items():
             spec = specs[name]
             rows, found = tier.read(name, k)
-            missing = ~found
-            n_new = int(missing.sum())
-            if n_new and (for_training or not spec.zero_unseen):
-                rows[missing] = spec.layout.new_rows(seed, name, k[missing], spec.init)
-            out[name] = (rows, n_new)
+            missing = np.flatnonzero(~found)
+            if len(missing) and (for_training or not spec.zero_unseen):
+                todo.append((name, rows, missing))
+            out[name] = (rows, len(missing))
+
+        def init(job: tuple[str, np.ndarray, np.ndarray]) -> None:
+            name, rows, missing = job
+            spec = specs[name]
+            rows[missing] = spec.layout.new_rows(seed, name, keys[name][missing], spec.init)
+
+        if pool is not None and len(todo) > 1:
+            list(pool.map(init, todo))
+        else:
+            for job in todo:
+                init(job)
         return out
 
     @classmethod
