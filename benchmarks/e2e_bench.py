@@ -14,14 +14,23 @@ What each side's number includes:
   Checkpoints and eval are off.
 - ``hier_ps whole run, model 10x the host cache``: the same with ``store.host_cache_bytes`` a tenth of the model's row
   bytes (rows go to and come from the SSD store, in the background).
-- ``pytorch``: the training loop only, given keys already remapped to dense row indices (planning done for it, free).
+- ``hier_ps passes 2..``: the whole run's rate over its passes after the first (whose read, plan and pull nothing
+  can hide; its share of a run shrinks as runs get longer): a long run's steady state.
+- ``pytorch``: the training loop only, given keys already remapped to dense row indices (planning done for it, free)
+  and all batches already in memory (reading done for it, free). Its batches are cut from all rows as one stream, so
+  they differ from the others' at pass boundaries.
+- ``pytorch, reading its data``: the same loop reading the same Parquet files pass by pass and mapping each pass's
+  keys to rows with ``np.searchsorted`` in per-table vocabularies built before timing (see
+  :func:`run_pytorch_reading`): from the same input to the same trained model as hier_ps's whole run, with hier_ps's
+  batches.
 - ``fbgemm``: FBGEMM's table-batched embedding (``SplitTableBatchedEmbeddingBagsCodegen``, the kernel TorchRec's
   fused EmbeddingBagCollection runs) with its fused exact row-wise Adagrad on the CPU, same DLRM and batches; the
   training loop only, its inputs (indices and offsets of all slots, table-batched) built before timing. Skipped when
   fbgemm-gpu-cpu is not installed (``pip install fbgemm-gpu-cpu==1.8.0``).
 
-With ``--repeats N`` the sides run in N alternating rounds (ours, ours with the small cache, PyTorch, FBGEMM, then
-again) and each side's median is reported: the machine is shared, and alternating spreads slow spells over all sides.
+With ``--repeats N`` the sides run in N alternating rounds (ours, ours with the small cache, PyTorch, PyTorch reading,
+FBGEMM, then again) and each side's median is reported: the machine is shared, and alternating spreads slow spells
+over all sides.
 
 Usage: ``python benchmarks/e2e_bench.py [--rows 200000] [--passes 4] [--batch 4096] [--dim 16] [--repeats 1]``;
 prints a table and a JSON line.
@@ -79,6 +88,7 @@ def run_hier_ps(cfg: hp.Config) -> dict:
         "exposed_s": sum(r["exposed_s"] for r in recs[1:]),
         "exposed_all_s": sum(r["exposed_s"] for r in recs),
         "pass_s_after_first": sum(r["wall_s"] for r in recs[1:]),
+        "first_examples": recs[0]["examples"],
         "background_s": sum(r["seconds"]["read"] + r["seconds"]["plan"] for r in recs[1:]),
         "pull_push_s": sum(r["seconds"]["pull"] + r["seconds"]["push"] for r in recs[1:]),
         "load_s": sum(r["seconds"]["load"] for r in recs),
@@ -183,6 +193,54 @@ def run_pytorch(cfg: hp.Config, rows: int) -> dict:
     return {"examples": len(chunk), "train_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0}
 
 
+def run_pytorch_reading(cfg: hp.Config, rows: int) -> dict:
+    """The PyTorch loop of :func:`run_pytorch`, reading its own data: the same Parquet files pass by pass (the
+    same reader as hier_ps's), each pass's keys mapped to rows with ``np.searchsorted`` in every table's sorted
+    vocabulary (built before timing from all the data, given for free), then the same batches and steps. One plain
+    loop, as a script without a data loader writes it: reading and mapping do not overlap training."""
+    chunk, slot_tables, plan = _planned(cfg, rows)
+    vocab = plan.keys
+    del chunk, plan
+    torch.manual_seed(cfg.run.seed)
+    dims = {s.name: cfg.table(s.table).dim for s in cfg.data.sparse}
+    model = build_model(cfg.model.name, dense_dim=len(cfg.data.dense), slot_dims=dims, args=cfg.model.args)
+    bags = torch.nn.ModuleDict(
+        {t: torch.nn.EmbeddingBag(len(vocab[t]), cfg.table(t).dim, mode="sum", sparse=True) for t in vocab}
+    )
+    dense_opt = torch.optim.Adam(model.parameters(), lr=cfg.dense_optimizer.lr)
+    sparse_opt = torch.optim.Adagrad(bags.parameters(), lr=cfg.sparse_optimizer.lr)
+    pooling = {s.name: s.pooling.value for s in cfg.data.sparse}
+    reader = ParquetReader(
+        cfg.data.train, label=cfg.data.labels, dense=cfg.data.dense, slots={s.name: s.column for s in cfg.data.sparse}
+    )
+    bs, n = cfg.train.batch_size, 0
+    t0, c0 = time.perf_counter(), time.process_time()
+    for part in reader.iter_chunks(int(cfg.train.pass_examples)):
+        local = {s: np.searchsorted(vocab[slot_tables[s]], keys) for s, (_, keys) in part.sparse.items()}
+        for lo in range(0, len(part), bs):
+            hi = min(lo + bs, len(part))
+            sparse = {}
+            for slot, (off, _) in part.sparse.items():
+                a, b = int(off[lo]), int(off[hi])
+                sparse[slot] = F.embedding_bag(
+                    torch.from_numpy(local[slot][a:b]),
+                    bags[slot_tables[slot]].weight,
+                    torch.from_numpy(off[lo : hi + 1] - a),
+                    mode=pooling[slot],
+                    sparse=True,
+                    include_last_offset=True,
+                )
+            logits = model(torch.from_numpy(part.dense[lo:hi]), sparse).reshape(hi - lo, -1)
+            loss = F.binary_cross_entropy_with_logits(logits, torch.from_numpy(part.labels[lo:hi]))
+            dense_opt.zero_grad(set_to_none=True)
+            sparse_opt.zero_grad(set_to_none=True)
+            loss.backward()
+            dense_opt.step()
+            sparse_opt.step()
+        n += len(part)
+    return {"examples": n, "train_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0}
+
+
 def _median_run(runs: list[dict]) -> dict:
     """The run with the median examples/s (by its train_s or, for hier_ps, its pass_s)."""
     key = "pass_s" if "pass_s" in runs[0] else "train_s"
@@ -200,7 +258,7 @@ def main() -> None:
     args = p.parse_args()
     if args.threads:  # on a shared machine, 1 thread per side avoids OpenMP spinning against the other users
         torch.set_num_threads(args.threads)
-    runs: dict[str, list] = {"ours": [], "small": [], "pytorch": [], "fbgemm": []}
+    runs: dict[str, list] = {"ours": [], "small": [], "pytorch": [], "pytorch_reading": [], "fbgemm": []}
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "data"
         info = generate_synthetic(data, preset="demo", seed=0, train_rows=args.rows, eval_rows=1000)
@@ -211,8 +269,10 @@ def main() -> None:
             small.store.host_cache_bytes = max(runs["ours"][-1]["model_bytes"] // 10, 1)
             runs["small"].append(run_hier_ps(small))
             runs["pytorch"].append(run_pytorch(cfg, args.rows))
+            runs["pytorch_reading"].append(run_pytorch_reading(cfg, args.rows))
             runs["fbgemm"].append(run_fbgemm(cfg, args.rows))
     ours, ours_small, base = _median_run(runs["ours"]), _median_run(runs["small"]), _median_run(runs["pytorch"])
+    base_io = _median_run(runs["pytorch_reading"])
     fb = _median_run(runs["fbgemm"]) if all(runs["fbgemm"]) else None
     res = {
         "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch "
@@ -231,6 +291,7 @@ def main() -> None:
         "hier_ps_train_ex_s": ours["examples"] / ours["train_s"],
         "hier_ps_pass_ex_s": ours["examples"] / ours["pass_s"],
         "pytorch_train_ex_s": base["examples"] / base["train_s"],
+        "pytorch_reading_ex_s": base_io["examples"] / base_io["train_s"],
     }
     res["host_cache_bytes_small"] = ours["model_bytes"] // 10
     res["model_bytes"] = ours["model_bytes"]
@@ -243,6 +304,11 @@ def main() -> None:
     res["ratio_train_vs_fbgemm"] = res["hier_ps_train_ex_s"] / res["fbgemm_train_ex_s"] if fb else None
     res["ratio_train"] = res["hier_ps_train_ex_s"] / res["pytorch_train_ex_s"]
     res["ratio_pass"] = res["hier_ps_pass_ex_s"] / res["pytorch_train_ex_s"]
+    res["ratio_pass_vs_pytorch_reading"] = res["hier_ps_pass_ex_s"] / res["pytorch_reading_ex_s"]
+    # passes 2.. only: the first pass's read + plan + pull cannot hide behind anything (its share shrinks with the
+    # number of passes); this is the rate of a long run's steady state
+    res["hier_ps_steady_ex_s"] = (ours["examples"] - ours["first_examples"]) / ours["pass_s_after_first"]
+    res["ratio_steady_vs_pytorch_reading"] = res["hier_ps_steady_ex_s"] / res["pytorch_reading_ex_s"]
     # CPU seconds (all threads of the process) per example: less sensitive to other users of a shared machine than
     # wall time, but blind to overlap. hier_ps's count covers its whole fit (read, plan, pull, load, train, push, all
     # threads); the baselines' only their training loops.
@@ -250,6 +316,7 @@ def main() -> None:
         "hier_ps": 1e6 * ours["cpu_s"] / ours["examples"],
         "hier_ps_small_cache": 1e6 * ours_small["cpu_s"] / ours_small["examples"],
         "pytorch": 1e6 * base["cpu_s"] / base["examples"],
+        "pytorch_reading": 1e6 * base_io["cpu_s"] / base_io["examples"],
         "fbgemm": 1e6 * fb["cpu_s"] / fb["examples"] if fb else None,
     }
     res["all_runs_ex_s"] = {
@@ -260,7 +327,9 @@ def main() -> None:
     print(f"{'hier_ps train stage':<32}{res['hier_ps_train_ex_s']:>14,.0f}")
     print(f"{'hier_ps whole run':<32}{res['hier_ps_pass_ex_s']:>14,.0f}")
     print(f"{'hier_ps whole run, cache 1/10':<32}{res['hier_ps_small_cache_ex_s']:>14,.0f}")
+    print(f"{'hier_ps passes 2.. (steady)':<32}{res['hier_ps_steady_ex_s']:>14,.0f}")
     print(f"{'pytorch EmbeddingBag+Adagrad':<32}{res['pytorch_train_ex_s']:>14,.0f}")
+    print(f"{'pytorch, reading its data':<32}{res['pytorch_reading_ex_s']:>14,.0f}")
     if fb:
         print(f"{'fbgemm TBE fused rw-Adagrad':<32}{res['fbgemm_train_ex_s']:>14,.0f}")
         print(
@@ -273,6 +342,10 @@ def main() -> None:
         f"{res['ratio_small_cache']:.2f}x (hit rate {res['small_cache_hit_rate']:.2f})"
     )
     print(f"ratio (train stage / pytorch): {res['ratio_train']:.2f}x; (whole run / pytorch): {res['ratio_pass']:.2f}x")
+    print(
+        f"ratio vs pytorch reading its data: whole run {res['ratio_pass_vs_pytorch_reading']:.2f}x, "
+        f"passes 2.. {res['ratio_steady_vs_pytorch_reading']:.2f}x"
+    )
     print(
         f"passes 2..{ours['passes']}: read + plan {ours['background_s']:.2f} s and pull + push "
         f"{ours['pull_push_s']:.2f} s in the background, {ours['exposed_s']:.3f} s exposed "
