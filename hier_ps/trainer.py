@@ -45,7 +45,7 @@ from hier_ps.config import (
 from hier_ps.data import ParquetReader, generate_synthetic
 from hier_ps.data.synthetic import GENERATOR_VERSION
 from hier_ps.errors import ConfigError, HierPSError, StoreError, StoreLockedError
-from hier_ps.hbm.batched import BatchLookup
+from hier_ps.hbm.batched import BatchLookup, allocate_grouped
 from hier_ps.hbm.kernels import CudaKernels, kernels_for
 from hier_ps.hbm.working_set import WorkingSet, WorkingSetTable, segment_sum, table_specs
 from hier_ps.hostmem import HostCache
@@ -813,6 +813,10 @@ class Trainer:
         null_rows = set(plan.rejected) if not self.row_wise else set()
         tables, owned_new, departed_rows, pushed = {}, {}, {}, 0
         k = kernels_for(self.device)  # row gathers and scatters on the device (CUDA kernels, or their twins)
+        # Each table is assembled in its block of its group's storage: the table-batched step takes it as it is.
+        blocks = allocate_grouped(
+            {n: (self.specs[n], len(keys) + (n in null_rows)) for n, keys in plan.keys.items()}, self.device
+        )
         for name, keys in plan.keys.items():
             spec, st = self.specs[name], stage[name]
             old = prev.tables.get(name) if prev is not None else None
@@ -834,8 +838,8 @@ class Trainer:
                     pushed += rows.nbytes
             extra = 1 if name in null_rows else 0
             n = len(keys) + extra
-            emb = torch.empty(n, spec.dim, dtype=spec.torch_dtype, device=self.device)
-            state = torch.empty(n, spec.layout.state, device=self.device)
+            emb, state = blocks[name]
+            assert len(emb) == n
             meta = np.empty((len(keys), 2), np.int64)
             if len(st.new):
                 at_new = torch.from_numpy(st.new).to(self.device)

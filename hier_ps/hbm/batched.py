@@ -36,10 +36,10 @@ import torch
 from hier_ps.hbm.kernels import CudaKernels, kernels_for
 
 if TYPE_CHECKING:
-    from hier_ps.hbm.working_set import WorkingSet, WorkingSetTable
+    from hier_ps.hbm.working_set import TableSpec, WorkingSet, WorkingSetTable
     from hier_ps.plan import BatchPlan
 
-__all__ = ["BatchLookup", "TableGroup", "group_tables"]
+__all__ = ["BatchLookup", "TableGroup", "allocate_grouped", "group_tables"]
 
 
 class TableGroup:
@@ -61,6 +61,8 @@ class TableGroup:
             n += len(t.emb)
         if len(tables) == 1:
             self.emb, self.state = first.emb, first.state
+        elif (shared := _shared_storage(tables, n)) is not None:  # assembled in place (see allocate_grouped)
+            self.emb, self.state = shared
         else:  # one copy per pass; afterwards the tables are views of the shared storage
             dev, dim, width = first.emb.device, first.emb.shape[1], first.state.shape[1]
             self.emb = torch.empty(n, dim, dtype=first.emb.dtype, device=dev)
@@ -81,13 +83,55 @@ class TableGroup:
             self.state[self.nulls] = 0.0
 
 
+def _group_key(spec: TableSpec, dtype: torch.dtype, device: torch.device | str) -> tuple:
+    return (spec.dim, dtype, dataclasses.astuple(spec.optimizer), str(torch.device(device)))
+
+
 def group_tables(tables: dict[str, WorkingSetTable]) -> list[TableGroup]:
     """Groups the tables by (dim, dtype, optimizer config, device), each group in table order."""
     by_key: dict[tuple, dict[str, WorkingSetTable]] = {}
     for name, t in tables.items():
-        key = (t.spec.dim, t.emb.dtype, dataclasses.astuple(t.spec.optimizer), str(t.emb.device))
-        by_key.setdefault(key, {})[name] = t
+        by_key.setdefault(_group_key(t.spec, t.emb.dtype, t.emb.device), {})[name] = t
     return [TableGroup(ts) for ts in by_key.values()]
+
+
+def allocate_grouped(
+    sizes: dict[str, tuple[TableSpec, int]], device: torch.device | str
+) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Uninitialized (emb, state) of `n` rows per table (table -> (spec, n)), laid out as :func:`group_tables` will
+    group them: each table a block of its group's one storage, in table order, so the group takes the storage as it
+    is instead of copying the tables into one (a copy of the whole working set per pass)."""
+    by_key: dict[tuple, list[str]] = {}
+    for name, (spec, _) in sizes.items():
+        by_key.setdefault(_group_key(spec, spec.torch_dtype, device), []).append(name)
+    out = {}
+    for names in by_key.values():
+        spec0 = sizes[names[0]][0]
+        total = sum(sizes[n][1] for n in names)
+        emb = torch.empty(total, spec0.dim, dtype=spec0.torch_dtype, device=device)
+        state = torch.empty(total, spec0.layout.state, dtype=torch.float32, device=device)
+        lo = 0
+        for n in names:
+            hi = lo + sizes[n][1]
+            out[n] = (emb[lo:hi], state[lo:hi])
+            lo = hi
+    return out
+
+
+def _shared_storage(tables: dict[str, WorkingSetTable], n: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(emb, state) of the whole group when the tables are already its consecutive blocks (see allocate_grouped)."""
+    first = next(iter(tables.values()))
+    emb, state = first.emb._base, first.state._base
+    if emb is None or state is None or len(emb) != n or len(state) != n:
+        return None
+    lo = 0
+    for t in tables.values():
+        if t.emb._base is not emb or t.state._base is not state:
+            return None
+        if t.emb.storage_offset() != lo * emb.stride(0) or t.state.storage_offset() != lo * state.stride(0):
+            return None
+        lo += len(t.emb)
+    return emb, state
 
 
 @dataclasses.dataclass

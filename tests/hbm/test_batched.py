@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from hier_ps.config import InitConfig, SparseOptimizerConfig
-from hier_ps.hbm.batched import BatchLookup
+from hier_ps.hbm.batched import BatchLookup, allocate_grouped
 from hier_ps.hbm.working_set import TableSpec, WorkingSet, WorkingSetTable, segment_sum
 from hier_ps.plan import BatchPlan
 
@@ -124,6 +124,35 @@ def test_like_tables_share_one_storage_and_stay_addressable() -> None:
         assert torch.equal(ws.tables[t].emb, before[t])
     ws.tables["b"].emb[0] = 5.0  # a table's emb is a view of its group's storage
     assert torch.all(ab.emb[ab.base["b"]] == 5.0)
+
+
+def test_tables_assembled_in_their_group_blocks_are_taken_without_a_copy() -> None:
+    ws, _, _ = _setup("adam", 3)
+    specs = {t: ws.tables[t].spec for t in DIMS}
+    blocks = allocate_grouped({t: (specs[t], len(ws.tables[t].emb)) for t in DIMS}, "cpu")
+    tables = {}
+    for t, (emb, state) in blocks.items():
+        emb.copy_(ws.tables[t].emb)
+        state.copy_(ws.tables[t].state)
+        tables[t] = WorkingSetTable(specs[t], ws.tables[t].keys, emb, state, ws.tables[t].meta)
+    placed = WorkingSet(tables)
+    for g in placed.groups():
+        for t, lo in g.base.items():  # the group's storage is the blocks' own: no copy was made
+            assert placed.tables[t].emb.data_ptr() == blocks[t][0].data_ptr() == g.emb[lo].data_ptr()
+            assert placed.tables[t].state.data_ptr() == blocks[t][1].data_ptr()
+    want = {(tuple(sorted(g.base)), g.emb.shape) for g in ws.groups()}
+    assert {(tuple(sorted(g.base)), g.emb.shape) for g in placed.groups()} == want
+    for t in DIMS:
+        assert torch.equal(placed.tables[t].emb, ws.tables[t].emb)
+    # blocks out of order are not one group's storage: the group copies them as before
+    apart = WorkingSet(
+        {t: WorkingSetTable(specs[t], ws.tables[t].keys, *blocks[t], ws.tables[t].meta) for t in ("b", "a")}
+    )
+    g = next(g for g in apart.groups() if "a" in g.base)
+    assert g.emb.data_ptr() not in (blocks["a"][0].data_ptr(), blocks["b"][0].data_ptr())
+    assert torch.equal(apart.tables["b"].emb, ws.tables["b"].emb) and torch.equal(
+        apart.tables["a"].emb, ws.tables["a"].emb
+    )
 
 
 def test_segments_from_the_plans_sort_equal_the_sorted_inverses() -> None:
