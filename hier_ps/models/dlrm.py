@@ -69,10 +69,10 @@ class DLRM(CTRModel):
 
     def forward(self, dense: torch.Tensor, sparse: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """``[B, D]``, ``{s: [B, dim_s]}`` -> ``[B]`` or ``[B, T]``."""
-        v = self.project(sparse)  # [B, S, d]
+        vecs = self.project.vectors(sparse)  # S x [B, d]
         if self.bottom is None:
-            z = pairwise_dots(v, self.iu)
+            z = pairwise_dots(torch.stack(vecs, dim=1), self.iu)
         else:
             x = self.bottom(dense)  # [B, d]
-            z = torch.cat([x, pairwise_dots(torch.cat([x.unsqueeze(1), v], dim=1), self.iu)], dim=1)
+            z = torch.cat([x, pairwise_dots(torch.stack([x, *vecs], dim=1), self.iu)], dim=1)  # one stacking copy
         return self.logits(self.head(self.top(z)))

@@ -102,9 +102,14 @@ class SlotProjector(nn.Module):
         self.k = k
         self.proj = nn.ModuleList(nn.Identity() if d == k else nn.Linear(d, k, bias=False) for d in slot_dims.values())
 
+    def vectors(self, sparse: Mapping[str, torch.Tensor]) -> list[torch.Tensor]:
+        """The projected slot vectors ``[B, k]``, in ``slot_dims`` order (for a caller that stacks them with others
+        in one copy)."""
+        return [p(sparse[s]) for s, p in zip(self.slots, self.proj, strict=True)]
+
     def forward(self, sparse: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """Returns ``[B, num_slots, k]``."""
-        return torch.stack([p(sparse[s]) for s, p in zip(self.slots, self.proj, strict=True)], dim=1)
+        return torch.stack(self.vectors(sparse), dim=1)
 
 
 def fm_interaction(v: torch.Tensor) -> torch.Tensor:
