@@ -41,14 +41,15 @@ class ExampleChunk:
         return len(self.labels)
 
     def slice(self, start: int, stop: int) -> ExampleChunk:
-        """Examples ``[start, stop)`` (clamped to ``[0, n]``), offsets rebased to 0; keys, labels, dense are views."""
+        """Examples ``[start, stop)`` (clamped to ``[0, n]``), offsets rebased to 0 (a view when already 0); keys, labels, dense are views."""
         n = len(self)
         start, stop = min(max(int(start), 0), n), min(max(int(stop), 0), n)
         stop = max(stop, start)
         sparse = {}
         for slot, (off, keys) in self.sparse.items():
             lo, hi = off[start], off[stop]
-            sparse[slot] = (off[start : stop + 1] - lo, keys[lo:hi])
+            sub = off[start : stop + 1]
+            sparse[slot] = (sub - lo if lo else sub, keys[lo:hi])
         return ExampleChunk(self.labels[start:stop], self.dense[start:stop], sparse)
 
     def take(self, idx: np.ndarray) -> ExampleChunk:

@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 _ON_INVALID = ("error", "skip")
 _DENSE_TRANSFORMS = ("none", "log1p")
 _KEY_EXPECTED = "int32/int64/uint32/uint64, string, binary, or a list of these"
+_MAX_READ_ROWS = 1 << 20  # rows per record batch at most when read_rows is not set
 
 
 def _expand(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]:
@@ -108,8 +109,8 @@ def _bags(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
             keep = arr.is_valid()
             lengths = keep.to_numpy(zero_copy_only=False).astype(np.int64)
             values = arr.filter(keep)
-        else:
-            lengths, values = np.ones(n, np.int64), arr
+        else:  # one key per example
+            return np.arange(n + 1, dtype=np.int64), _keys_of(arr)
     offsets = np.zeros(n + 1, np.int64)
     np.cumsum(lengths, out=offsets[1:])
     return offsets, _keys_of(values)
@@ -138,7 +139,8 @@ class ParquetReader:
         on_invalid: NaN/inf in a label or dense value: ``"error"`` raises :class:`DataError` naming the file, column
             and row; ``"skip"`` drops the example and counts it in :attr:`num_invalid`.
         dense_transform: ``"none"`` or ``"log1p"`` (``sign(x) * log1p(|x|)``, for count features like Criteo's).
-        read_rows: rows per Arrow record batch read from a file (bounds memory).
+        read_rows: rows per Arrow record batch read from a file (bounds memory). None: the chunk size asked for,
+            at most 1,048,576, so that a chunk is usually one record batch and needs no concatenating copy.
 
     Attributes:
         files: the files, in reading order.
@@ -165,20 +167,20 @@ class ParquetReader:
         slots: Mapping[str, str],
         on_invalid: str = "error",
         dense_transform: str = "none",
-        read_rows: int = 65536,
+        read_rows: int | None = None,
     ) -> None:
         if on_invalid not in _ON_INVALID:
             raise ValueError(f"on_invalid must be one of {_ON_INVALID}, got {on_invalid!r}")
         if dense_transform not in _DENSE_TRANSFORMS:
             raise ValueError(f"dense_transform must be one of {_DENSE_TRANSFORMS}, got {dense_transform!r}")
-        if int(read_rows) < 1:
+        if read_rows is not None and int(read_rows) < 1:
             raise ValueError(f"read_rows must be >= 1, got {read_rows}")
         self.label = [str(c) for c in label]
         self.dense = [str(c) for c in dense]
         self.slots = {str(s): str(c) for s, c in slots.items()}
         self.on_invalid = on_invalid
         self.dense_transform = dense_transform
-        self.read_rows = int(read_rows)
+        self.read_rows = None if read_rows is None else int(read_rows)
         self.files: list[str] = [] if paths is None else _expand(paths)
         self.columns = list(dict.fromkeys([*self.label, *self.dense, *self.slots.values()]))
         self.num_invalid = 0
@@ -210,7 +212,7 @@ class ParquetReader:
             table = pa.Table.from_batches([table])
         table = table.select(self.columns)
         chunks, row_base = [], 0
-        for rb in table.to_batches(max_chunksize=self.read_rows):
+        for rb in table.to_batches(max_chunksize=self.read_rows or _MAX_READ_ROWS):
             chunks.append(self._convert(rb, source, row_base))
             row_base += rb.num_rows
         if not chunks:
@@ -239,19 +241,28 @@ class ParquetReader:
             DataError: a file cannot be read, or holds an invalid value (see the class docstring).
             ValueError: ``chunk_rows < 1``.
         """
-        return _cut((self._file_chunks(p, self._convert) for p in self.files), chunk_rows, ExampleChunk.concat)
+        rows = self._batch_rows(chunk_rows)
+        return _cut((self._file_chunks(p, self._convert, rows) for p in self.files), chunk_rows, ExampleChunk.concat)
 
     def iter_lazy_chunks(self, chunk_rows: int) -> Iterator[LazyChunk]:
         """The chunks of :meth:`iter_chunks` (the same examples, the same errors for labels and dense features),
         with their sparse columns left undecoded until :meth:`LazyChunk.take`."""
-        return _cut((self._file_chunks(p, self._lazy) for p in self.files), chunk_rows, LazyChunk.concat)
+        rows = self._batch_rows(chunk_rows)
+        return _cut((self._file_chunks(p, self._lazy, rows) for p in self.files), chunk_rows, LazyChunk.concat)
 
-    def _file_chunks(self, path: str, convert: Callable[[pa.RecordBatch, str, int], Any]) -> Iterator[Any]:
-        """The valid examples of one file, one chunk per record batch (empty ones dropped)."""
+    def _batch_rows(self, chunk_rows: int) -> int:
+        if int(chunk_rows) < 1:
+            raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
+        return self.read_rows or min(int(chunk_rows), _MAX_READ_ROWS)
+
+    def _file_chunks(
+        self, path: str, convert: Callable[[pa.RecordBatch, str, int], Any], batch_rows: int
+    ) -> Iterator[Any]:
+        """The valid examples of one file, one chunk per record batch of `batch_rows` rows (empty ones dropped)."""
         row_base = 0
         try:
             pf = pq.ParquetFile(path)
-            batches = pf.iter_batches(batch_size=self.read_rows, columns=self.columns)
+            batches = pf.iter_batches(batch_size=batch_rows, columns=self.columns)
             while True:
                 try:
                     rb = next(batches)
