@@ -193,8 +193,8 @@ def _admit(
 
 
 def _unique_inverse_counts(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``np.unique(keys, return_inverse=True, return_counts=True)`` for a 1-D array, with one argsort and no
-    second pass over the sorted keys (about 1.8x faster on 100k uint64 keys)."""
+    """``np.unique(keys, return_inverse=True, return_counts=True)`` for a 1-D array: one argsort, the inverse by
+    one scatter (1.0-1.25x faster than np.unique on 100k uint64 keys, the more duplicates the more)."""
     if not len(keys):
         return keys.copy(), np.zeros(0, np.int64), np.zeros(0, np.int64)
     order = np.argsort(keys)
@@ -313,8 +313,8 @@ def plan_pass(
             :class:`hier_ps.admission.Admission`); other occurrences point at the table's null row (see
             PassPlan.rejected), and ``counts`` counts only admitted occurrences.
         admission_tables: tables that `admit` decides for.
-        unique: finds each table's working set and the inverse of its occurrences (default: ``np.unique``; the
-            trainer passes the GPU's key dedup when training on CUDA).
+        unique: finds each table's working set and the inverse of its occurrences (default: an argsort, as
+            ``np.unique`` would; the trainer passes the GPU's key dedup when training on CUDA).
         pool: plans tables side by side on these threads (numpy's sorts release the GIL); the plan is the same.
 
     Returns:

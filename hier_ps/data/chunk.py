@@ -41,7 +41,8 @@ class ExampleChunk:
         return len(self.labels)
 
     def slice(self, start: int, stop: int) -> ExampleChunk:
-        """Examples ``[start, stop)`` (clamped to ``[0, n]``), offsets rebased to 0 (a view when already 0); keys, labels, dense are views."""
+        """Examples ``[start, stop)`` (clamped to ``[0, n]``), offsets rebased to 0 (a view when they start at 0);
+        keys, labels, dense are views."""
         n = len(self)
         start, stop = min(max(int(start), 0), n), min(max(int(stop), 0), n)
         stop = max(stop, start)

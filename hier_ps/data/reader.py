@@ -33,7 +33,9 @@ log = logging.getLogger(__name__)
 _ON_INVALID = ("error", "skip")
 _DENSE_TRANSFORMS = ("none", "log1p")
 _KEY_EXPECTED = "int32/int64/uint32/uint64, string, binary, or a list of these"
-_MAX_READ_ROWS = 1 << 20  # rows per record batch at most when read_rows is not set
+# Rows per record batch when read_rows is not set: the chunk size, within these bounds (small chunks are cut from
+# bigger batches: a record batch has a fixed cost).
+_MIN_READ_ROWS, _MAX_READ_ROWS = 1 << 16, 1 << 20
 
 
 def _expand(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]:
@@ -140,7 +142,7 @@ class ParquetReader:
             and row; ``"skip"`` drops the example and counts it in :attr:`num_invalid`.
         dense_transform: ``"none"`` or ``"log1p"`` (``sign(x) * log1p(|x|)``, for count features like Criteo's).
         read_rows: rows per Arrow record batch read from a file (bounds memory). None: the chunk size asked for,
-            at most 1,048,576, so that a chunk is usually one record batch and needs no concatenating copy.
+            within 65,536 to 1,048,576, so that a pass is usually one record batch and needs no concatenating copy.
 
     Attributes:
         files: the files, in reading order.
@@ -253,7 +255,7 @@ class ParquetReader:
     def _batch_rows(self, chunk_rows: int) -> int:
         if int(chunk_rows) < 1:
             raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
-        return self.read_rows or min(int(chunk_rows), _MAX_READ_ROWS)
+        return self.read_rows or min(max(int(chunk_rows), _MIN_READ_ROWS), _MAX_READ_ROWS)
 
     def _file_chunks(
         self, path: str, convert: Callable[[pa.RecordBatch, str, int], Any], batch_rows: int
