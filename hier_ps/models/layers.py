@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -145,9 +146,34 @@ def pairwise_dots(v: torch.Tensor, iu: torch.Tensor) -> torch.Tensor:
         ``[B, F*(F-1)/2]``, pair ``(0, 1)`` first, then ``(0, 2)`` ... ``(F-2, F-1)``.
     """
     f = v.shape[1]
-    # One flat index_select rather than advanced indexing: the same values, and a backward that is an index_add_
-    # (each pair once) instead of an accumulating index_put_, ~2x faster for the whole op on CPU (B 4096, F 27, d 16).
-    return torch.bmm(v, v.transpose(1, 2)).flatten(1).index_select(1, iu[0] * f + iu[1])
+    return _PairwiseDots.apply(v, iu[0] * f + iu[1], iu[1] * f + iu[0])
+
+
+class _PairwiseDots(torch.autograd.Function):
+    """``bmm(v, vᵀ)`` flattened, at the pairs' flat positions ``upper`` (``i * F + j``), with a backward of one bmm.
+
+    The forward is one bmm and one flat ``index_select`` (a backward of ``index_add_``, not an accumulating
+    ``index_put_``). The gradient of ``v vᵀ`` with respect to ``v`` is ``(G + Gᵀ) v``, G the gradient of the
+    ``F x F`` products: G + Gᵀ is built directly, each pair's gradient at ``(i, j)`` and at ``(j, i)`` (``lower``),
+    then one bmm, where autograd's own backward runs two bmms and adds them. Each position of G + Gᵀ receives exactly
+    one value, so the result does not depend on the order of the index_add_ (deterministic on CUDA too).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, v: torch.Tensor, upper: torch.Tensor, lower: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(v, upper, lower)
+        return torch.bmm(v, v.transpose(1, 2)).flatten(1).index_select(1, upper)
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor | None, None, None]:
+        v, upper, lower = ctx.saved_tensors
+        if not ctx.needs_input_grad[0]:
+            return None, None, None
+        b, f, _ = v.shape
+        sym = torch.zeros(b, f * f, dtype=g.dtype, device=g.device)
+        sym.index_add_(1, upper, g)
+        sym.index_add_(1, lower, g)
+        return torch.bmm(sym.view(b, f, f), v), None, None
 
 
 class CTRModel(nn.Module):

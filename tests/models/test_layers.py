@@ -28,6 +28,19 @@ def test_pairwise_dots_order(b: int, f: int, d: int, seed: int) -> None:
     torch.testing.assert_close(pairwise_dots(v, torch.triu_indices(f, f, offset=1)), want)
 
 
+@settings(max_examples=20, deadline=None)
+@given(b=st.integers(1, 4), f=st.integers(2, 6), d=st.integers(1, 5), seed=st.integers(0, 2**31 - 1))
+def test_pairwise_dots_gradient(b: int, f: int, d: int, seed: int) -> None:
+    iu = torch.triu_indices(f, f, offset=1)
+    v = torch.randn(b, f, d, generator=torch.Generator().manual_seed(seed), dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x: pairwise_dots(x, iu), (v,))
+    w = torch.randn(b, iu.shape[1], generator=torch.Generator().manual_seed(seed + 1), dtype=torch.float64)
+    (got,) = torch.autograd.grad((pairwise_dots(v, iu) * w).sum(), v)
+    plain = torch.bmm(v, v.transpose(1, 2))[:, iu[0], iu[1]]  # autograd's own backward of the same products
+    (want,) = torch.autograd.grad((plain * w).sum(), v)
+    torch.testing.assert_close(got, want)
+
+
 def test_mlp() -> None:
     m = MLP(10, [8, 3])
     assert m.out_dim == 3 and [type(x).__name__ for x in m] == ["Linear", "ReLU", "Linear", "ReLU"]
