@@ -110,10 +110,9 @@ def _delta(after: dict, before: dict) -> dict:
     return {k: v - before.get(k, 0) for k, v in after.items()}
 
 
-def _host_tensor(a: np.ndarray, pin: bool) -> torch.Tensor:
-    """A host tensor of `a`: a pinned copy when `pin` (for an asynchronous copy to the GPU), else a view."""
-    t = torch.from_numpy(np.ascontiguousarray(a))
-    return t.pin_memory() if pin else t
+def _pinned(a: np.ndarray) -> torch.Tensor:
+    """A pinned host copy of `a`, for an asynchronous copy to the GPU."""
+    return torch.from_numpy(np.ascontiguousarray(a)).pin_memory()
 
 
 def local_fetch(host: RowTier, specs: dict[str, TableSpec], seed: int) -> Fetch:
@@ -169,7 +168,7 @@ def stage_rows(
         layout = specs[name].layout
         if pin:  # contiguous pinned copies, for asynchronous copies to the GPU
             emb, state, meta = layout.unpack(rows)
-            out[name] = StagedTable(shared, src, new, _host_tensor(emb, True), _host_tensor(state, True), meta, n_new)
+            out[name] = StagedTable(shared, src, new, _pinned(emb), _pinned(state), meta, n_new)
         else:  # views of the pulled rows: assembly reads them in place, no copy here
             packed = torch.from_numpy(rows)
             d, s = layout.dim, layout.state

@@ -349,9 +349,8 @@ class ParquetReader:
 
 def _cut(files: Iterator[Iterator[Any]], chunk_rows: int, concat: Callable[[list[Any]], Any]) -> Iterator[Any]:
     """Re-cuts the chunks of every file (file after file) into chunks of exactly ``chunk_rows`` examples, the last
-    one shorter; ``concat`` joins a list of chunks (ExampleChunk or LazyChunk, which both slice)."""
-    if int(chunk_rows) < 1:
-        raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
+    one shorter (``chunk_rows >= 1``, checked by the callers); ``concat`` joins a list of chunks (ExampleChunk or
+    LazyChunk, which both slice)."""
     chunk_rows = int(chunk_rows)
     pending: list[Any] = []
     n_pending = 0

@@ -80,7 +80,7 @@ def assert_equivalent(a: hp.Config, b: hp.Config, atol: float | None = None) -> 
         # magnifies such last-bit differences on rows with near-zero gradients: over run seeds 1-4 (2 ranks,
         # replicated, adam) the largest difference was 3e-6 to 2.3e-5 with autograd's pairwise-dots backward, 8e-6 to
         # 2.4e-5 with the one-bmm backward (hier_ps.models.layers). A wrong update moves a row by about lr = 0.05.
-        atol = 1e-4 if str(a.sparse_optimizer.name.value) == "adam" else 1e-5
+        atol = 1e-4 if a.sparse_optimizer.name.value == "adam" else 1e-5
     ra, rb = store_rows(a), store_rows(b)
     for n, (keys, rows) in ra.items():
         assert np.array_equal(keys, rb[n][0]), n
