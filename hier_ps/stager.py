@@ -57,8 +57,8 @@ class StagedTable:
         shared: bool[n], the key is in the base working set.
         src: int64[n_shared], its row there (for the shared keys, in key order).
         new: int64[n_new_rows], positions of the other keys in the pass's keys.
-        emb: float32[n_new_rows, dim], their embeddings (pinned copies on CUDA, else views of the pulled rows).
-        state: float32[n_new_rows, S], their optimizer state (likewise).
+        emb: float32[n_new_rows, dim], their embeddings (pinned on CUDA).
+        state: float32[n_new_rows, S], their optimizer state (pinned on CUDA).
         meta: int64[n_new_rows, 2], their metadata.
         n_new: keys that no tier had (initialized); on several ranks, among the keys this rank owns.
     """
@@ -165,15 +165,14 @@ def stage_rows(
     for name, (shared, src, new) in split.items():
         rows, n_new = got[name]
         nbytes += rows.nbytes
-        layout = specs[name].layout
-        if pin:  # contiguous pinned copies, for asynchronous copies to the GPU
-            emb, state, meta = layout.unpack(rows)
-            out[name] = StagedTable(shared, src, new, _pinned(emb), _pinned(state), meta, n_new)
-        else:  # views of the pulled rows: assembly reads them in place, no copy here
-            packed = torch.from_numpy(rows)
-            d, s = layout.dim, layout.state
-            meta = np.ascontiguousarray(rows[:, d + s :]).view(np.int64).reshape(len(rows), 2)
-            out[name] = StagedTable(shared, src, new, packed[:, :d], packed[:, d : d + s], meta, n_new)
+        # Contiguous copies, made here in the worker: the assembly's row scatters (on the trainer's thread) are
+        # slower from strided views of the packed rows.
+        emb, state, meta = specs[name].layout.unpack(rows)
+        if pin:  # for asynchronous copies to the GPU
+            emb_t, state_t = _pinned(emb), _pinned(state)
+        else:
+            emb_t, state_t = torch.from_numpy(emb), torch.from_numpy(state)
+        out[name] = StagedTable(shared, src, new, emb_t, state_t, meta, n_new)
     return out, nbytes
 
 
