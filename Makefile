@@ -36,6 +36,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/hostmem_bench.py
 	$(BIN)/python benchmarks/kernel_bench.py
 	$(BIN)/python benchmarks/interaction_bench.py
+	$(BIN)/python benchmarks/stage_bench.py
 
 clean:
 	rm -rf runs .pytest_cache .ruff_cache
