@@ -6,10 +6,15 @@ setup(
     name="hier_ps",
     version="0.1.0",
     description="GPU-first hierarchical embedding trainer: SSD -> host RAM -> HBM, trained pass by pass",
-    # The CUDA kernels' sources (compiled at run time by NVRTC) ship inside the package as hier_ps/cuda_kernels.
-    packages=[*find_packages(include=["hier_ps", "hier_ps.*"]), "hier_ps.cuda_kernels"],
-    package_dir={"hier_ps.cuda_kernels": "cuda_kernels"},
-    package_data={"hier_ps": ["configs/*.yaml"], "hier_ps.cuda_kernels": ["*.cu", "*.cuh"]},
+    # The kernels' sources (CUDA: compiled at run time by NVRTC; C: by the machine's compiler) ship inside the package
+    # as hier_ps/cuda_kernels and hier_ps/cpu_kernels.
+    packages=[*find_packages(include=["hier_ps", "hier_ps.*"]), "hier_ps.cuda_kernels", "hier_ps.cpu_kernels"],
+    package_dir={"hier_ps.cuda_kernels": "cuda_kernels", "hier_ps.cpu_kernels": "cpu_kernels"},
+    package_data={
+        "hier_ps": ["configs/*.yaml"],
+        "hier_ps.cuda_kernels": ["*.cu", "*.cuh"],
+        "hier_ps.cpu_kernels": ["*.c"],
+    },
     python_requires=">=3.11",
     install_requires=["torch>=2.4", "numpy>=1.24", "pyarrow>=14", "pyyaml>=6", "tqdm>=4.60", "matplotlib>=3.7"],
     extras_require={

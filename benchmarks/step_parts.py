@@ -2,7 +2,8 @@
 
 Wraps the parts of the table-batched step with timers and trains the e2e_bench DLRM (26 slots, dim 16, batch 4096,
 row-wise Adagrad) once: building each batch's lookup, the pooled forward, the gradient segments, the segment sums,
-the fused update, and the whole train step (its remainder is the model, the loss, autograd and the dense step, which
+the fused update (the twins' sums and update, or the C kernel's fused pass: ``HIER_PS_KERNELS=torch`` forces the
+twins), and the whole train step (its remainder is the model, the loss, autograd and the dense step, which
 the PyTorch baseline runs the same). Run it with ``--threads 1`` to read the parts without OpenMP's spread.
 
 Usage: ``python benchmarks/step_parts.py [--rows 200000] [--threads 1]``; prints seconds per part.
@@ -25,7 +26,7 @@ import e2e_bench  # the same config and data as e2e_bench
 
 from hier_ps import trainer
 from hier_ps.data import generate_synthetic
-from hier_ps.hbm import batched, kernels
+from hier_ps.hbm import batched, cpu_kernels, kernels
 
 PARTS = {
     "lookup build": (batched.BatchLookup, "__init__"),
@@ -33,6 +34,7 @@ PARTS = {
     "segments": (batched.BatchLookup, "_segments"),
     "segment sums": (kernels.TorchTwins, "segment_grads"),
     "update": (kernels.TorchTwins, "update"),
+    "C backward+update": (cpu_kernels.CpuKernels, "backward_update"),
     "train step (all)": (trainer.Trainer, "_train_step"),
 }
 

@@ -1,10 +1,12 @@
 """The HBM tier's hot paths: CUDA kernels (``cuda_kernels/*.cu``) and their pure-torch twins, behind one loader.
 
-Every operation has two implementations with one signature: :class:`TorchTwins` (pure torch: the CPU path and the
-oracle of the kernel tests) and :class:`CudaKernels` (``cuda_kernels/*.cu`` compiled at run time by CuPy through
-NVRTC, launched on torch's current stream on the tensors' memory, no copies). :func:`kernels_for` picks one per
-device, lazily on first use (importing this module touches no GPU), and logs which, once:
-``kernels: cuda`` or ``kernels: torch twins (<reason>)``. ``HIER_PS_KERNELS=torch`` forces the twins.
+Every operation has two implementations with one signature: :class:`TorchTwins` (pure torch: the fallback
+everywhere and the oracle of the kernel tests) and :class:`CudaKernels` (``cuda_kernels/*.cu`` compiled at run time
+by CuPy through NVRTC, launched on torch's current stream on the tensors' memory, no copies). On the CPU,
+:class:`~hier_ps.hbm.cpu_kernels.CpuKernels` is the twins with the fused backward + update in C
+(``cpu_kernels/embedding.c``). :func:`kernels_for` picks one per device, lazily on first use (importing this module
+touches no GPU), and logs which, once: ``kernels: cuda``, ``kernels: cpu`` or ``kernels: torch twins (<reason>)``.
+``HIER_PS_KERNELS=torch`` forces the twins.
 
 Operations (rows are int64 indices into a storage ``emb T[N, dim]`` with T float32 | float16 | bfloat16):
 
@@ -68,7 +70,7 @@ def unique_u64_torch(keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 class TorchTwins:
-    """Pure-torch implementations: the CPU path and the oracle of the CUDA kernels."""
+    """Pure-torch implementations: the fallback on every device and the oracle of the CUDA and CPU kernels."""
 
     name = "torch twins"
 
@@ -291,7 +293,8 @@ _CHOSEN: dict[str, TorchTwins] = {}
 
 
 def kernels_for(device: str | torch.device) -> TorchTwins:
-    """The implementation for tensors on `device`: the CUDA kernels when they can run there, else the twins.
+    """The implementation for tensors on `device`: the CUDA kernels on CUDA, the C kernel on the CPU
+    (:mod:`hier_ps.hbm.cpu_kernels`), else (or when those cannot be built) the twins.
 
     Decided once per device type, on first use, and logged (warning level when CUDA falls back to the twins).
     """
@@ -299,18 +302,23 @@ def kernels_for(device: str | torch.device) -> TorchTwins:
     if kind in _CHOSEN:
         return _CHOSEN[kind]
     impl: TorchTwins
-    if kind != "cuda":
+    if kind not in ("cuda", "cpu"):
         impl, why = TorchTwins(), f"device {kind}"
     elif os.environ.get("HIER_PS_KERNELS", "").lower() == "torch":
         impl, why = TorchTwins(), "HIER_PS_KERNELS=torch"
     else:
         try:
-            impl, why = CudaKernels(), ""
-        except Exception as e:  # no cupy, no NVRTC, a compile error: all mean "use the twins"
+            if kind == "cuda":
+                impl, why = CudaKernels(), ""
+            else:
+                from hier_ps.hbm.cpu_kernels import CpuKernels  # imports this module: not at the top
+
+                impl, why = CpuKernels(), ""
+        except Exception as e:  # no cupy, no NVRTC, no C compiler, a compile error: all mean "use the twins"
             impl, why = TorchTwins(), f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
     if why:
         (log.warning if kind == "cuda" else log.info)("kernels: torch twins (%s)", why)
     else:
-        log.warning("kernels: cuda")
+        (log.warning if kind == "cuda" else log.info)("kernels: %s", impl.name)
     _CHOSEN[kind] = impl
     return impl

@@ -1,0 +1,158 @@
+// The CPU kernel of the fused backward pass: per unique row, the sum of its occurrences' gradients and one sparse
+// optimizer update (DESIGN.md contract 3), for float32 rows. The twin of cuda_kernels/embedding.cu's backward_*.
+//
+// Each row's gradient is summed over its occurrences in segment order, element by element, then the row and its
+// state are updated in place: one pass over the rows and no [U, dim] temporary. Threads take disjoint ranges of rows
+// and each row is computed the same way whichever thread takes it: the same input gives the same bits, with any
+// number of threads. The arithmetic follows
+// embedding.cu expression by expression, with no fused multiply-adds (built with -std=c11: -ffp-contract=off); the
+// one difference is the row-wise mean, summed here left to right (embedding.cu: a butterfly over lanes), so the two
+// agree to rounding, not bit for bit.
+//
+// Rows are random in a table far larger than the caches, so the loop prefetches the rows PF iterations ahead.
+//
+// Built at run time by hier_ps/hbm/cpu_kernels.py (any C compiler; no Python or torch headers) and called through
+// ctypes, which releases the GIL for the call.
+#include <math.h>
+#include <pthread.h>
+#include <stdint.h>
+
+typedef int64_t i64;
+
+enum Opt { SGD = 0, ADAGRAD = 1, ROWWISE_ADAGRAD = 2, ADAM = 3, FTRL = 4 };
+
+typedef struct {
+  float lr, eps, beta1, beta2, alpha, beta, l1, l2;
+  float omb1, omb2;  // 1 - beta1, 1 - beta2 computed in double on the host, as the torch twin does
+} Hyper;
+
+#define MAXD 512      // the loader falls back to the torch twin above this
+#define PF 16         // rows ahead to prefetch
+#define MAXTHREADS 64
+
+typedef struct {
+  int opt;
+  float* emb;
+  float* state;
+  int state_w;
+  const i64* urows;
+  i64 lo, hi;  // this task's unique rows [lo, hi)
+  const i64* seg;
+  const i64* bags;
+  const float* grad;
+  const float* div;
+  int dim;
+  Hyper h;
+} Task;
+
+static void run(const Task* t) {
+  const int dim = t->dim, state_w = t->state_w, opt = t->opt;
+  const Hyper h = t->h;
+  float* restrict emb = t->emb;
+  float* restrict state = t->state;
+  const i64* restrict urows = t->urows;
+  const i64* restrict seg = t->seg;
+  const i64* restrict bags = t->bags;
+  const float* restrict grad = t->grad;
+  const float* restrict div = t->div;
+  float g[MAXD];
+  for (i64 u = t->lo; u < t->hi; ++u) {
+    if (u + PF < t->hi) {
+      i64 pr = urows[u + PF];
+      __builtin_prefetch(emb + pr * (i64)dim, 1);
+      if (state_w) __builtin_prefetch(state + pr * (i64)state_w, 1);
+      if (seg[u + PF] < seg[u + PF + 1]) __builtin_prefetch(grad + bags[seg[u + PF]] * (i64)dim, 0);
+    }
+    for (int d = 0; d < dim; ++d) g[d] = 0.0f;
+    for (i64 j = seg[u]; j < seg[u + 1]; ++j) {
+      i64 bag = bags[j];
+      const float* restrict x = grad + bag * (i64)dim;
+      if (div != 0) {
+        float s = div[bag];
+        for (int d = 0; d < dim; ++d) g[d] += x[d] / s;
+      } else {
+        for (int d = 0; d < dim; ++d) g[d] += x[d];
+      }
+    }
+    i64 r = urows[u];
+    float* restrict w = emb + r * (i64)dim;
+    float* restrict st = state + r * (i64)state_w;
+    float lr = h.lr;
+    if (opt == SGD) {
+      for (int d = 0; d < dim; ++d) w[d] = w[d] - lr * g[d];
+    } else if (opt == ADAGRAD) {
+      for (int d = 0; d < dim; ++d) {
+        float hh = st[d] + g[d] * g[d];
+        st[d] = hh;
+        w[d] = w[d] - lr * g[d] / (sqrtf(hh) + h.eps);
+      }
+    } else if (opt == ROWWISE_ADAGRAD) {
+      float sq = 0.0f;
+      for (int d = 0; d < dim; ++d) sq += g[d] * g[d];
+      float hh = st[0] + sq / (float)dim;
+      st[0] = hh;
+      float denom = sqrtf(hh) + h.eps;
+      for (int d = 0; d < dim; ++d) w[d] = w[d] - lr * g[d] / denom;
+    } else if (opt == ADAM) {
+      float t = st[2 * dim] + 1.0f;
+      st[2 * dim] = t;
+      float c1 = 1.0f - powf(h.beta1, t), c2 = 1.0f - powf(h.beta2, t);
+      for (int d = 0; d < dim; ++d) {
+        float m = h.beta1 * st[d] + h.omb1 * g[d];
+        float v = h.beta2 * st[dim + d] + h.omb2 * g[d] * g[d];
+        st[d] = m;
+        st[dim + d] = v;
+        w[d] = w[d] - lr * (m / c1) / (sqrtf(v / c2) + h.eps);
+      }
+    } else {  // FTRL-Proximal, per element
+      for (int d = 0; d < dim; ++d) {
+        float z = st[d], n = st[dim + d], wv = w[d];
+        float n_new = n + g[d] * g[d];
+        float sigma = (sqrtf(n_new) - sqrtf(n)) / h.alpha;
+        z += g[d] - sigma * wv;
+        st[d] = z;
+        st[dim + d] = n_new;
+        float sgn = z > 0.0f ? 1.0f : (z < 0.0f ? -1.0f : 0.0f);
+        float w_new = -(z - sgn * h.l1) / ((h.beta + sqrtf(n_new)) / h.alpha + h.l2);
+        w[d] = fabsf(z) <= h.l1 ? 0.0f : w_new;
+      }
+    }
+  }
+}
+
+static void* run_thread(void* arg) {
+  run((const Task*)arg);
+  return 0;
+}
+
+// For each unique row u: g = sum over its occurrences j in [seg[u], seg[u+1]) (in order) of
+// grad[bags[j], :] / div[bags[j]], then one optimizer update of emb[urows[u]] and state[urows[u]] (urows distinct).
+// With seg = arange(U+1), bags = arange(U) and div = null this is the update alone with given sums g = grad.
+// Splits the rows into n_threads contiguous ranges, one per thread (the caller's thread runs the first).
+// Returns 0, or -1 for dim > MAXD or an unknown opt (nothing is written then).
+int backward_update_fp32(int opt, float* emb, float* state, int state_w, const i64* urows, i64 n_unique,
+                         const i64* seg, const i64* bags, const float* grad, const float* div, int dim,
+                         const Hyper* h, int n_threads) {
+  if (dim > MAXD || opt < SGD || opt > FTRL) return -1;
+  if (n_threads < 1) n_threads = 1;
+  if (n_threads > MAXTHREADS) n_threads = MAXTHREADS;
+  if (n_unique < 4096 * (i64)n_threads) n_threads = (int)(n_unique / 4096) + 1;  // small batches: no threads
+  Task tasks[MAXTHREADS];
+  pthread_t threads[MAXTHREADS];
+  int started[MAXTHREADS] = {0};
+  for (int k = 0; k < n_threads; ++k) {
+    Task t = {opt, emb, state, state_w, urows, n_unique * k / n_threads, n_unique * (k + 1) / n_threads,
+              seg, bags, grad, div, dim, *h};
+    tasks[k] = t;
+  }
+  for (int k = 1; k < n_threads; ++k) started[k] = pthread_create(&threads[k], 0, run_thread, &tasks[k]) == 0;
+  run(&tasks[0]);
+  for (int k = 1; k < n_threads; ++k) {
+    if (started[k]) {
+      pthread_join(threads[k], 0);
+    } else {
+      run(&tasks[k]);  // no thread to be had: run its range here
+    }
+  }
+  return 0;
+}

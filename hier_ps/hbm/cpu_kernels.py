@@ -1,0 +1,190 @@
+"""The CPU kernel of the fused backward + update (``cpu_kernels/embedding.c``): built on first use, called by ctypes.
+
+:class:`CpuKernels` is :class:`~hier_ps.hbm.kernels.TorchTwins` with ``backward_update`` and ``update`` in C for
+float32 rows of dim <= 512: one pass over the unique rows of a batch that sums each row's gradients and updates
+the row and its state in place, with the rows' memory prefetched ahead. The twins run the same step as a dozen
+torch ops over ``[U, dim]`` temporaries. Everything else (and 16-bit or wider rows) stays with the twins.
+
+The source is compiled once per source, compiler and CPU with ``$CC`` (else ``cc``/``gcc``/``clang``) into
+``$HIER_PS_CACHE`` (default ``~/.cache/hier_ps``), as ``cpu_kernels-<hash>.so``. Where no compiler works,
+:func:`load` raises and the loader (:func:`hier_ps.hbm.kernels.kernels_for`) uses the twins and logs why.
+
+Example:
+    >>> import torch
+    >>> from hier_ps.config import SparseOptimizerConfig
+    >>> from hier_ps.hbm.optimizers import make_sparse_optimizer
+    >>> emb, state = torch.ones(3, 2), torch.zeros(3, 0)
+    >>> sgd = make_sparse_optimizer(SparseOptimizerConfig(name="sgd", lr=0.5))
+    >>> CpuKernels().update(sgd, emb, state, torch.tensor([2]), torch.tensor([[1.0, -1.0]]))
+    >>> emb.tolist()
+    [[1.0, 1.0], [1.0, 1.0], [0.5, 1.5]]
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import torch
+
+from hier_ps.hbm.kernels import TorchTwins
+from hier_ps.hbm.optimizers import SparseOptimizer
+
+__all__ = ["CpuKernels", "load"]
+
+_CHECKOUT_SRC = Path(__file__).resolve().parents[2] / "cpu_kernels" / "embedding.c"
+# A checkout (or editable install) reads the source where it is; an installed wheel carries it in the package.
+_SRC = _CHECKOUT_SRC if _CHECKOUT_SRC.is_file() else Path(__file__).resolve().parents[1] / "cpu_kernels" / "embedding.c"
+# -std=c11 (not gnu11): no fused multiply-adds, as the twins and the CUDA kernels (--fmad=false)
+_FLAGS = ("-O3", "-march=native", "-std=c11", "-shared", "-fPIC", "-pthread")
+_OPTS = {"sgd": 0, "adagrad": 1, "rowwise_adagrad": 2, "adam": 3, "ftrl": 4}
+_MAX_DIM = 512  # MAXD in embedding.c
+_LIB: ctypes.CDLL | None = None
+
+
+class _Hyper(ctypes.Structure):
+    _fields_ = [
+        (n, ctypes.c_float) for n in ("lr", "eps", "beta1", "beta2", "alpha", "beta", "l1", "l2", "omb1", "omb2")
+    ]
+
+
+def _compiler() -> str:
+    for cc in (os.environ.get("CC"), "cc", "gcc", "clang"):
+        if cc and shutil.which(cc):
+            return cc
+    raise RuntimeError("no C compiler (set CC, or install gcc)")
+
+
+def _cpu_id() -> str:
+    """What -march=native depends on: the machine and, on Linux, the CPU's model and flags."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        return "\n".join(sorted({x for x in lines if x.startswith(("model name", "flags"))}))
+    except OSError:
+        return platform.processor() or platform.machine()
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get("HIER_PS_CACHE") or Path.home() / ".cache" / "hier_ps")
+
+
+def load() -> ctypes.CDLL:
+    """The built kernel library: compiled on first use (about a second), then read from the cache.
+
+    Raises:
+        RuntimeError: no compiler, or the source does not compile (the message has the compiler's first line).
+    """
+    global _LIB
+    if _LIB is not None:
+        return _LIB
+    cc = _compiler()
+    src = _SRC.read_bytes()
+    version = subprocess.run([cc, "--version"], capture_output=True, text=True, check=False).stdout
+    key = hashlib.sha256(b"\0".join([src, " ".join(_FLAGS).encode(), version.encode(), _cpu_id().encode()]))
+    out = _cache_dir() / f"cpu_kernels-{key.hexdigest()[:16]}.so"
+    if not out.is_file():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=out.stem, suffix=".so.tmp", dir=out.parent)
+        os.close(fd)
+        try:
+            done = subprocess.run(
+                [cc, *_FLAGS, "-o", tmp, str(_SRC), "-lm"], capture_output=True, text=True, check=False
+            )
+            if done.returncode != 0:
+                first = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[0]
+                raise RuntimeError(f"{cc} could not build {_SRC.name}: {first}")
+            os.replace(tmp, out)  # whole or not at all: another process may be loading it
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    lib = ctypes.CDLL(str(out))
+    fn = lib.backward_update_fp32
+    p, i64 = ctypes.c_void_p, ctypes.c_int64
+    fn.argtypes = [ctypes.c_int, p, p, ctypes.c_int, p, i64, p, p, p, p, ctypes.c_int, ctypes.POINTER(_Hyper)]
+    fn.argtypes += [ctypes.c_int]
+    fn.restype = ctypes.c_int
+    _LIB = lib
+    return lib
+
+
+def _ptr(t: torch.Tensor | None) -> int | None:
+    return None if t is None else t.data_ptr()
+
+
+def _fits(emb: torch.Tensor, state: torch.Tensor) -> bool:
+    """Whether the C kernel takes these rows: float32 on the CPU, dim <= 512, row-major storage and state."""
+    return (
+        emb.device.type == "cpu"
+        and emb.dtype == torch.float32
+        and state.dtype == torch.float32
+        and emb.shape[1] <= _MAX_DIM
+        and emb.is_contiguous()
+        and state.is_contiguous()
+    )
+
+
+class CpuKernels(TorchTwins):
+    """The twins, with the fused backward + update in C (``cpu_kernels/embedding.c``) where it applies.
+
+    Raises:
+        RuntimeError: from :func:`load`, when the kernel cannot be built.
+    """
+
+    name = "cpu"
+
+    def __init__(self) -> None:
+        self._fn = load().backward_update_fp32
+
+    def backward_update(
+        self,
+        opt: SparseOptimizer,
+        emb: torch.Tensor,
+        state: torch.Tensor,
+        urows: torch.Tensor,
+        seg: torch.Tensor,
+        bags: torch.Tensor,
+        grad: torch.Tensor,
+        div: torch.Tensor | None,
+    ) -> None:
+        if not _fits(emb, state):
+            return super().backward_update(opt, emb, state, urows, seg, bags, grad, div)
+        c = opt.cfg
+        alpha = c.alpha if c.alpha is not None else c.lr
+        h = _Hyper(c.lr, c.eps, c.beta1, c.beta2, alpha, c.beta, c.l1, c.l2, 1.0 - c.beta1, 1.0 - c.beta2)
+        # the kernel reads these as int64 / float32 arrays: each conversion is a no-op when already so
+        urows, seg, bags = (t.to(torch.int64).contiguous() for t in (urows, seg, bags))
+        grad = grad.to(torch.float32).contiguous()
+        div = None if div is None else div.to(torch.float32).contiguous()
+        st = state if state.shape[1] else torch.empty(1)  # a valid pointer the SGD kernel never reads
+        rc = self._fn(
+            _OPTS[opt.name],
+            _ptr(emb),
+            _ptr(st),
+            state.shape[1],
+            _ptr(urows),
+            len(urows),
+            _ptr(seg),
+            _ptr(bags),
+            _ptr(grad),
+            _ptr(div),
+            emb.shape[1],
+            ctypes.byref(h),
+            torch.get_num_threads(),
+        )
+        if rc != 0:  # _fits and _OPTS rule this out; a mismatch of source and loader would land here
+            raise RuntimeError(f"cpu kernel backward_update_fp32 refused opt={opt.name} dim={emb.shape[1]}")
+        return None
+
+    def update(
+        self, opt: SparseOptimizer, emb: torch.Tensor, state: torch.Tensor, urows: torch.Tensor, g: torch.Tensor
+    ) -> None:
+        if not _fits(emb, state):
+            return super().update(opt, emb, state, urows, g)
+        ar = torch.arange(len(urows) + 1)
+        return self.backward_update(opt, emb, state, urows, ar, ar[:-1], g, None)
