@@ -174,30 +174,50 @@ class BatchLookup:
         g: TableGroup, b: BatchPlan, slots: list[str], slot_tables: dict[str, str], pooling: dict[str, str]
     ) -> _Part:
         dev = g.emb.device
-        rows = np.concatenate([b.slots[s][1] + g.base[slot_tables[s]] for s in slots])
-        lengths = np.concatenate([np.diff(b.slots[s][0]) for s in slots])
-        offsets = np.zeros(len(lengths) + 1, np.int64)
-        np.cumsum(lengths, out=offsets[1:])
+        n_b = len(b)
+        # Each slot's rows and offsets are written straight into the part's arrays (no per-slot temporaries).
+        rows = np.empty(sum(len(b.slots[s][1]) for s in slots), np.int64)
+        offsets = np.empty(len(slots) * n_b + 1, np.int64)
+        offsets[0], at = 0, 0
+        for j, s in enumerate(slots):
+            off, idx = b.slots[s]
+            np.add(idx, g.base[slot_tables[s]], out=rows[at : at + len(idx)])
+            np.add(off[1:], at - int(off[0]), out=offsets[1 + j * n_b : 1 + (j + 1) * n_b])
+            at += len(idx)
+        lengths = np.diff(offsets)
         div = None
         if g.fuses_div and any(pooling[s] == "mean" for s in slots):
             div = np.concatenate(
                 [np.maximum(np.diff(b.slots[s][0]), 1) if pooling[s] == "mean" else np.ones(len(b)) for s in slots]
             ).astype(np.float32)
         tables = [t for t in g.base if t in b.tables]  # tables with training inverses (eval plans have none)
-        urows = [np.zeros(0, np.int64), *(b.tables[t][0] + g.base[t] for t in tables)]
+        urows = np.empty(sum(len(b.tables[t][0]) for t in tables), np.int64)
+        at = 0
+        for t in tables:
+            u = b.tables[t][0]
+            np.add(u, g.base[t], out=urows[at : at + len(u)])
+            at += len(u)
         inv_all, presorted = None, None
         if all(slot_tables[s] in b.tables for s in slots):  # else: planned for eval, nothing to update
             if all(t in b.order for t in tables):
                 # The plan sorted each table's occurrences by row already: the occurrences' bags in that order,
                 # table after table (the order of urows), are the segments; no sort, and no inverses needed.
                 part_slot = {s: j for j, s in enumerate(slots)}
-                bags, counts = [np.zeros(0, np.int64)], [np.zeros(1, np.int64)]
+                bags = np.empty(sum(len(b.order[t][1]) for t in tables), np.int64)
+                seg = np.empty(len(urows) + 1, np.int64)
+                seg[0], at, ut = 0, 0, 0
                 for t in tables:
                     slot, example, cnt = b.order[t]
-                    first = np.array([part_slot[s] for s in b.table_slots[t]], np.int64) * len(b)
-                    bags.append(first[slot] + example)
-                    counts.append(cnt)
-                presorted = (np.concatenate(bags), np.cumsum(np.concatenate(counts)))
+                    out = bags[at : at + len(example)]
+                    if len(b.table_slots[t]) == 1:  # the common case: one slot per table, one first bag
+                        np.add(example, part_slot[b.table_slots[t][0]] * n_b, out=out)
+                    else:
+                        first = np.array([part_slot[s] for s in b.table_slots[t]], np.int64) * n_b
+                        np.add(first[slot], example, out=out)
+                    seg[1 + ut : 1 + ut + len(cnt)] = cnt
+                    at, ut = at + len(example), ut + len(cnt)
+                np.cumsum(seg, out=seg)
+                presorted = (bags, seg)
             else:
                 # Occurrences of a table's slots are concatenated in slot order in its inverse; cut it back per
                 # slot, offset by the rows of the tables before it in urows.
@@ -219,10 +239,10 @@ class BatchLookup:
         return _Part(
             g,
             slots,
-            to(rows.astype(np.int64, copy=False)),
+            to(rows),
             to(offsets),
             None if div is None else to(div),
-            to(np.concatenate(urows).astype(np.int64, copy=False)),
+            to(urows),
             inv_all,
             presorted,
             lengths,
