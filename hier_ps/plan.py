@@ -209,20 +209,30 @@ def _unique_inverse_counts(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np
     return sk[starts], inverse, counts
 
 
+def _example_of(offsets: np.ndarray) -> np.ndarray:
+    """int64[nnz] the example of each occurrence of a slot with CSR ``offsets`` (an arange for single-hot slots)."""
+    n = len(offsets) - 1
+    if offsets[-1] == n and np.array_equal(offsets, np.arange(n + 1)):  # one occurrence per example: no repeat
+        return np.arange(n, dtype=np.int64)
+    return np.repeat(np.arange(n, dtype=np.int64), np.diff(offsets))
+
+
 def _stable_argsort(code: np.ndarray, bound: int) -> tuple[np.ndarray, np.ndarray]:
     """(``np.argsort(code, kind="stable")``, ``code`` in that order) for codes int64 in [0, bound).
 
-    When ``bound * len(code)`` fits in int64, each code is tagged with its position and the tags are sorted by
-    value: the tags are distinct, so any sort gives the stable order, and numpy's value sort of int64 is several
-    times faster than its stable argsort (which it falls back to otherwise).
+    When ``bound`` times the next power of two >= ``len(code)`` fits in int64, each code is tagged with its
+    position in its low bits and the tags are sorted by value: the tags are distinct, so any sort gives the stable
+    order, and numpy's value sort of int64 is several times faster than its stable argsort (which it falls back to
+    otherwise).
     """
     n = len(code)
-    if n and bound * n < 2**63:
-        tagged = code * n
-        tagged += np.arange(n, dtype=np.int64)
+    shift = max(n - 1, 1).bit_length()  # positions take the low `shift` bits: shifts and masks, not // and %
+    if n and bound << shift < 2**63:
+        tagged = code << shift
+        tagged |= np.arange(n, dtype=np.int64)
         tagged.sort()
-        perm = tagged % n
-        tagged //= n
+        perm = tagged & ((1 << shift) - 1)
+        tagged >>= shift
         return perm, tagged
     perm = np.argsort(code, kind="stable")
     return perm, code[perm]
@@ -252,7 +262,7 @@ def _plan_table(
     n_rows = len(uniq)
     out: dict[str, Any] = {}
     if for_training:
-        example_of = [np.repeat(np.arange(len(chunk), dtype=np.int64), np.diff(chunk.sparse[s][0])) for s in slots]
+        example_of = [_example_of(chunk.sparse[s][0]) for s in slots]
         occ_example = np.concatenate(example_of) if len(example_of) > 1 else example_of[0]
         occ_batch = occ_example // batch_size
         if admit is not None and admitted:
@@ -273,17 +283,24 @@ def _plan_table(
     np.not_equal(sc[1:], sc[:-1], out=first[1:])
     starts = np.flatnonzero(first)
     pairs = sc[starts]
-    counts_u = np.diff(np.r_[starts, len(sc)]).astype(np.int64)
-    pos = np.empty(len(code), np.int64)
-    pos[perm] = np.repeat(np.arange(len(starts), dtype=np.int64), counts_u)
+    counts_u = np.diff(starts, append=len(sc))
     batches = np.arange(n_batches + 1, dtype=np.int64)
     offsets_u = np.searchsorted(pairs // n_ws, batches).astype(np.int64)
     out["urow_offsets"], out["urows"], out["urow_counts"] = offsets_u, pairs % n_ws, counts_u
-    out["occ_offsets"] = np.searchsorted(occ_batch[perm], batches).astype(np.int64)
+    sorted_batch = occ_batch[perm]
+    out["occ_offsets"] = np.searchsorted(sorted_batch, batches).astype(np.int64)
     # Small dtypes: these two arrays live as long as the plan (up to two passes in flight), 6 bytes per occurrence.
-    out["sorted_slot"] = (np.searchsorted(bounds, perm, side="right") - 1).astype(np.int16)
+    if len(slots) == 1:
+        out["sorted_slot"] = np.zeros(len(perm), np.int16)
+    else:
+        out["sorted_slot"] = (np.searchsorted(bounds, perm, side="right") - 1).astype(np.int16)
     out["sorted_example"] = occ_example[perm].astype(np.int32)
-    rel = pos - offsets_u[occ_batch]
+    # Each occurrence's position among its batch's unique rows, found in sorted order (the pairs up to it, less
+    # one, less the pairs of the batches before), then put back in occurrence order with one scatter.
+    rel_sorted = np.cumsum(first) - 1
+    rel_sorted -= offsets_u[sorted_batch]
+    rel = np.empty(len(code), np.int64)
+    rel[perm] = rel_sorted
     out["inv"] = {s: rel[bounds[j] : bounds[j + 1]] for j, s in enumerate(slots)}
     return out
 

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hier_ps.data import ExampleChunk
-from hier_ps.plan import _stable_argsort, _unique_inverse_counts, plan_pass
+from hier_ps.plan import _example_of, _stable_argsort, _unique_inverse_counts, plan_pass
 
 bags = st.lists(st.lists(st.integers(0, 12), max_size=4), min_size=1, max_size=30)
 
@@ -158,3 +158,12 @@ def test_the_fast_unique_and_stable_sort_equal_numpys(n: int) -> None:
     for bound in (50, 2**62):  # the tagged value sort, and the fallback when tags would overflow int64
         perm, sorted_code = _stable_argsort(code, bound)
         assert np.array_equal(perm, np.argsort(code, kind="stable")) and np.array_equal(sorted_code, np.sort(code))
+
+
+@pytest.mark.parametrize("lengths", [[], [1, 1, 1], [1, 0, 2, 1], [0, 0], [2, 1, 1, 0]])
+def test_example_of_is_the_repeat_of_the_bag_lengths(lengths: list[int]) -> None:
+    """Single-hot slots take the arange shortcut; every other shape (same total, empty bags) the repeat."""
+    off = np.zeros(len(lengths) + 1, np.int64)
+    np.cumsum(lengths, out=off[1:])
+    got = _example_of(off)
+    assert got.dtype == np.int64 and np.array_equal(got, np.repeat(np.arange(len(lengths)), lengths))
