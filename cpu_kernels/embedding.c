@@ -1,5 +1,6 @@
-// The CPU kernel of the fused backward pass: per unique row, the sum of its occurrences' gradients and one sparse
-// optimizer update (DESIGN.md contract 3), for float32 rows. The twin of cuda_kernels/embedding.cu's backward_*.
+// The CPU kernels of the HBM tier's hot paths, for float32 rows: the fused backward pass (per unique row, the sum of
+// its occurrences' gradients and one sparse optimizer update, DESIGN.md contract 3; the twin of
+// cuda_kernels/embedding.cu's backward_*), and the row moves of a pass's load and push (move_rows_fp32).
 //
 // Each row's gradient is summed over its occurrences in segment order, element by element, then the row and its
 // state are updated in place: one pass over the rows and no [U, dim] temporary. Threads take disjoint ranges of rows
@@ -152,6 +153,60 @@ int backward_update_fp32(int opt, float* emb, float* state, int state_w, const i
       pthread_join(threads[k], 0);
     } else {
       run(&tasks[k]);  // no thread to be had: run its range here
+    }
+  }
+  return 0;
+}
+
+typedef struct {
+  float* dst;
+  const i64* dst_idx;
+  const float* src;
+  const i64* src_idx;
+  i64 lo, hi;
+  int width;
+} Move;
+
+static void move_range(const Move* m) {
+  const int width = m->width;
+  const i64* restrict di = m->dst_idx;
+  const i64* restrict si = m->src_idx;
+  for (i64 i = m->lo; i < m->hi; ++i) {
+    if (si != 0 && i + PF < m->hi) __builtin_prefetch(m->src + si[i + PF] * (i64)width, 0);
+    if (di != 0 && i + PF < m->hi) __builtin_prefetch(m->dst + di[i + PF] * (i64)width, 1);
+    const float* restrict s = m->src + (si != 0 ? si[i] : i) * (i64)width;
+    float* restrict d = m->dst + (di != 0 ? di[i] : i) * (i64)width;
+    for (int k = 0; k < width; ++k) d[k] = s[k];
+  }
+}
+
+static void* move_thread(void* arg) {
+  move_range((const Move*)arg);
+  return 0;
+}
+
+// dst[dst_idx[i], :] = src[src_idx[i], :] for i in [0, n), rows of `width` floats; a null index means i itself (a
+// contiguous side). The destination rows must be distinct (they are: a working set's positions or fresh rows).
+// Splits the rows into n_threads ranges as backward_update_fp32 does. Returns 0.
+int move_rows_fp32(float* dst, const i64* dst_idx, const float* src, const i64* src_idx, i64 n, int width,
+                   int n_threads) {
+  if (n_threads < 1) n_threads = 1;
+  if (n_threads > MAXTHREADS) n_threads = MAXTHREADS;
+  if (n < 16384 * (i64)n_threads) n_threads = (int)(n / 16384) + 1;
+  Move moves[MAXTHREADS];
+  pthread_t threads[MAXTHREADS];
+  int started[MAXTHREADS] = {0};
+  for (int k = 0; k < n_threads; ++k) {
+    Move m = {dst, dst_idx, src, src_idx, n * k / n_threads, n * (k + 1) / n_threads, width};
+    moves[k] = m;
+  }
+  for (int k = 1; k < n_threads; ++k) started[k] = pthread_create(&threads[k], 0, move_thread, &moves[k]) == 0;
+  move_range(&moves[0]);
+  for (int k = 1; k < n_threads; ++k) {
+    if (started[k]) {
+      pthread_join(threads[k], 0);
+    } else {
+      move_range(&moves[k]);
     }
   }
   return 0;

@@ -849,8 +849,8 @@ class Trainer:
             if len(st.src):
                 at_shared = torch.from_numpy(np.flatnonzero(st.shared)).to(self.device)
                 s_idx = torch.from_numpy(st.src).to(self.device)
-                k.scatter_rows(emb, at_shared, k.gather_rows(old.emb, s_idx))
-                k.scatter_rows(state, at_shared, k.gather_rows(old.state, s_idx))
+                k.copy_rows(emb, at_shared, old.emb, s_idx)
+                k.copy_rows(state, at_shared, old.state, s_idx)
                 meta[st.shared] = old.meta[st.src]
             if extra:
                 emb[-1], state[-1] = 0.0, 0.0

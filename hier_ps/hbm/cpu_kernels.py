@@ -1,4 +1,4 @@
-"""The CPU kernel of the fused backward + update (``cpu_kernels/embedding.c``): built on first use, called by ctypes.
+"""The CPU kernels (``cpu_kernels/embedding.c``): built on first use, called by ctypes.
 
 :class:`CpuKernels` is :class:`~hier_ps.hbm.kernels.TorchTwins` with ``backward_update`` and ``update`` in C for
 float32 rows of dim <= 512: one pass over the unique rows of a batch that sums each row's gradients and updates
@@ -109,6 +109,8 @@ def load() -> ctypes.CDLL:
     fn.argtypes = [ctypes.c_int, p, p, ctypes.c_int, p, i64, p, p, p, p, ctypes.c_int, ctypes.POINTER(_Hyper)]
     fn.argtypes += [ctypes.c_int]
     fn.restype = ctypes.c_int
+    lib.move_rows_fp32.argtypes = [p, p, p, p, i64, ctypes.c_int, ctypes.c_int]
+    lib.move_rows_fp32.restype = ctypes.c_int
     _LIB = lib
     return lib
 
@@ -129,8 +131,14 @@ def _fits(emb: torch.Tensor, state: torch.Tensor) -> bool:
     )
 
 
+def _movable(*ts: torch.Tensor) -> bool:
+    """Whether the C row move takes these: float32 CPU tensors with row-major rows."""
+    return all(t.device.type == "cpu" and t.dtype == torch.float32 and t.dim() == 2 and t.is_contiguous() for t in ts)
+
+
 class CpuKernels(TorchTwins):
-    """The twins, with the fused backward + update in C (``cpu_kernels/embedding.c``) where it applies.
+    """The twins, with the fused backward + update and the row moves in C (``cpu_kernels/embedding.c``) where they
+    apply.
 
     Raises:
         RuntimeError: from :func:`load`, when the kernel cannot be built.
@@ -139,7 +147,8 @@ class CpuKernels(TorchTwins):
     name = "cpu"
 
     def __init__(self) -> None:
-        self._fn = load().backward_update_fp32
+        lib = load()
+        self._fn, self._move = lib.backward_update_fp32, lib.move_rows_fp32
 
     def backward_update(
         self,
@@ -188,3 +197,32 @@ class CpuKernels(TorchTwins):
             return super().update(opt, emb, state, urows, g)
         ar = torch.arange(len(urows) + 1)
         return self.backward_update(opt, emb, state, urows, ar, ar[:-1], g, None)
+
+    def _rows(
+        self, dst: torch.Tensor, dst_idx: torch.Tensor | None, src: torch.Tensor, src_idx: torch.Tensor | None, n: int
+    ) -> None:
+        """dst[dst_idx] = src[src_idx], n rows (a None index: the rows in order)."""
+        if n == 0 or dst.shape[1] == 0:
+            return
+        di = None if dst_idx is None else dst_idx.to(torch.int64).contiguous()
+        si = None if src_idx is None else src_idx.to(torch.int64).contiguous()
+        self._move(_ptr(dst), _ptr(di), _ptr(src), _ptr(si), n, dst.shape[1], torch.get_num_threads())
+
+    def gather_rows(self, emb: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        if not _movable(emb):
+            return super().gather_rows(emb, idx)
+        out = torch.empty(len(idx), emb.shape[1])
+        self._rows(out, None, emb, idx, len(idx))
+        return out
+
+    def scatter_rows(self, emb: torch.Tensor, idx: torch.Tensor, src: torch.Tensor) -> None:
+        if not _movable(emb, src) or src.shape != (len(idx), emb.shape[1]):
+            return super().scatter_rows(emb, idx, src)
+        self._rows(emb, idx, src, None, len(idx))
+        return None
+
+    def copy_rows(self, dst: torch.Tensor, dst_idx: torch.Tensor, src: torch.Tensor, src_idx: torch.Tensor) -> None:
+        if not _movable(dst, src) or dst.shape[1] != src.shape[1] or len(dst_idx) != len(src_idx):
+            return super().copy_rows(dst, dst_idx, src, src_idx)
+        self._rows(dst, dst_idx, src, src_idx, len(dst_idx))
+        return None

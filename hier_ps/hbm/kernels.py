@@ -18,7 +18,8 @@ Operations (rows are int64 indices into a storage ``emb T[N, dim]`` with T float
 - ``update(opt, emb, state, urows, g f32[U, dim])``: the update alone, with given sums (after an all-reduce).
 - ``segment_grads(grad, bags, seg, div) -> f32[U, dim]``: the sums alone.
 - ``unique_keys(keys u64[n]) -> (unique u64[u] ascending, inverse i64[n])``.
-- ``gather_rows(emb, idx i64[n]) -> f32[n, dim]`` and ``scatter_rows(emb, idx, src f32[n, dim])``: pass push / load.
+- ``gather_rows(emb, idx i64[n]) -> f32[n, dim]`` and ``scatter_rows(emb, idx, src f32[n, dim])``: pass push / load;
+  ``copy_rows(dst, dst_idx, src, src_idx)``: ``dst[dst_idx] = src[src_idx]`` (the rows a pass keeps from the last).
 
 Gradients of duplicate keys are reduced deterministically everywhere: by one thread / one serial loop per output
 element in a fixed order, never by float atomics.
@@ -129,6 +130,9 @@ class TorchTwins:
 
     def scatter_rows(self, emb: torch.Tensor, idx: torch.Tensor, src: torch.Tensor) -> None:
         emb.index_copy_(0, idx, src.to(emb.dtype))
+
+    def copy_rows(self, dst: torch.Tensor, dst_idx: torch.Tensor, src: torch.Tensor, src_idx: torch.Tensor) -> None:
+        self.scatter_rows(dst, dst_idx, self.gather_rows(src, src_idx))
 
 
 def _i64(t: torch.Tensor) -> torch.Tensor:

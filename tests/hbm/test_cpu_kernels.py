@@ -1,5 +1,5 @@
-"""The C kernel of the fused backward + update (``cpu_kernels/embedding.c``) against the torch twins, its bits across
-thread counts, its fallbacks, and the loader's choice on the CPU."""
+"""The C kernels (``cpu_kernels/embedding.c``: the fused backward + update, the row moves) against the torch twins,
+their bits across thread counts, their fallbacks, and the loader's choice on the CPU."""
 
 from __future__ import annotations
 
@@ -108,6 +108,47 @@ def test_rows_the_c_kernel_does_not_take_go_to_the_twin(cpu: C.CpuKernels, make)
     TWINS.update(o, w_t, st_t, urows, g)
     cpu.update(o, w_c, st_c, urows, g)
     assert torch.equal(w_c, w_t) and torch.equal(st_c, st_t)  # bit for bit: it is the twin
+
+
+@pytest.mark.parametrize("width", [0, 1, 16, 513])
+def test_row_moves_equal_the_twins_bit_for_bit(cpu: C.CpuKernels, width: int) -> None:
+    """gather, scatter and copy of rows (widths of SGD's empty state, row-wise state, rows, wide rows), with many
+    threads and enough rows for them to split."""
+    rng = np.random.default_rng(14)
+    src = torch.from_numpy(rng.normal(size=(60_000, width)).astype(np.float32))
+    src_idx = torch.from_numpy(rng.permutation(60_000)[:40_000])
+    dst_idx = torch.from_numpy(rng.permutation(50_000)[:40_000])
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(3)
+        assert torch.equal(cpu.gather_rows(src, src_idx), TWINS.gather_rows(src, src_idx))
+        rows = TWINS.gather_rows(src, src_idx)
+        d_c, d_t = torch.zeros(50_000, width), torch.zeros(50_000, width)
+        cpu.scatter_rows(d_c, dst_idx, rows)
+        TWINS.scatter_rows(d_t, dst_idx, rows)
+        assert torch.equal(d_c, d_t)
+        d_c, d_t = torch.zeros(50_000, width), torch.zeros(50_000, width)
+        cpu.copy_rows(d_c, dst_idx, src, src_idx)
+        TWINS.copy_rows(d_t, dst_idx, src, src_idx)
+        assert torch.equal(d_c, d_t) and (width == 0 or d_c.abs().sum() > 0)
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_row_moves_of_rows_the_c_kernel_does_not_take_still_equal_the_twins(cpu: C.CpuKernels) -> None:
+    src16 = torch.randn(20, 4).to(torch.bfloat16)
+    idx = torch.tensor([3, 0, 7])
+    assert torch.equal(cpu.gather_rows(src16, idx), TWINS.gather_rows(src16, idx))  # float32 of 16-bit rows
+    d_c, d_t = torch.zeros(10, 4, dtype=torch.bfloat16), torch.zeros(10, 4, dtype=torch.bfloat16)
+    rows = torch.randn(3, 4)
+    cpu.scatter_rows(d_c, idx, rows)
+    TWINS.scatter_rows(d_t, idx, rows)
+    assert torch.equal(d_c, d_t)
+    strided = torch.randn(4, 20).t()  # rows not contiguous
+    d_c, d_t = torch.zeros(10, 4), torch.zeros(10, 4)
+    cpu.copy_rows(d_c, idx, strided, idx)
+    TWINS.copy_rows(d_t, idx, strided, idx)
+    assert torch.equal(d_c, d_t)
 
 
 def _fresh_loader(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
