@@ -20,6 +20,8 @@ Example:
 
 from __future__ import annotations
 
+import logging
+import os
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
@@ -30,6 +32,8 @@ import numpy as np
 from hier_ps.data import ExampleChunk
 
 __all__ = ["BatchPlan", "PassPlan", "plan_pass"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -209,6 +213,26 @@ def _unique_inverse_counts(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np
     return sk[starts], inverse, counts
 
 
+_C_PLAN: Any = False  # not decided yet; then the C planner, or None for numpy
+
+
+def _c_planner() -> Callable[..., dict[str, np.ndarray]] | None:
+    """:func:`hier_ps.hbm.cpu_kernels.plan_batches` when the CPU kernels build (and ``HIER_PS_KERNELS`` is not
+    ``torch``), else None: the numpy path. Decided once per process."""
+    global _C_PLAN
+    if _C_PLAN is False:
+        _C_PLAN = None
+        if os.environ.get("HIER_PS_KERNELS", "").lower() != "torch":
+            try:
+                from hier_ps.hbm import cpu_kernels  # torch and a compiler: only when planning first runs
+
+                cpu_kernels.load()
+                _C_PLAN = cpu_kernels.plan_batches
+            except Exception as e:  # no compiler, a compile error: the numpy path computes the same plan
+                log.info("plan: numpy (%s: %s)", type(e).__name__, str(e).splitlines()[0] if str(e) else "")
+    return _C_PLAN
+
+
 def _example_of(offsets: np.ndarray) -> np.ndarray:
     """int64[nnz] the example of each occurrence of a slot with CSR ``offsets`` (an arange for single-hot slots)."""
     n = len(offsets) - 1
@@ -274,33 +298,39 @@ def _plan_table(
     if not for_training:
         return out
 
-    # Unique (batch, row) pairs of the occurrences, sorted by batch, then by row: one stable sort, which also
-    # orders each batch's occurrences by row (ties in occurrence order) for the gradient sum.
     n_ws = max(n_rows, 1)
-    code = occ_batch * n_ws + loc
-    perm, sc = _stable_argsort(code, n_batches * n_ws)
-    first = np.ones(len(sc), bool)
-    np.not_equal(sc[1:], sc[:-1], out=first[1:])
-    starts = np.flatnonzero(first)
-    pairs = sc[starts]
-    counts_u = np.diff(starts, append=len(sc))
-    batches = np.arange(n_batches + 1, dtype=np.int64)
-    offsets_u = np.searchsorted(pairs // n_ws, batches).astype(np.int64)
-    out["urow_offsets"], out["urows"], out["urow_counts"] = offsets_u, pairs % n_ws, counts_u
-    sorted_batch = occ_batch[perm]
-    out["occ_offsets"] = np.searchsorted(sorted_batch, batches).astype(np.int64)
-    # Small dtypes: these two arrays live as long as the plan (up to two passes in flight), 6 bytes per occurrence.
-    if len(slots) == 1:
-        out["sorted_slot"] = np.zeros(len(perm), np.int16)
+    fast = _c_planner()
+    if fast is not None:  # the same arrays from one C pass (cpu_kernels/plan.c)
+        res = fast(loc, occ_batch, occ_example, n_ws, n_batches, bounds)
+        rel = res.pop("rel")
+        out.update(res)
     else:
-        out["sorted_slot"] = (np.searchsorted(bounds, perm, side="right") - 1).astype(np.int16)
-    out["sorted_example"] = occ_example[perm].astype(np.int32)
-    # Each occurrence's position among its batch's unique rows, found in sorted order (the pairs up to it, less
-    # one, less the pairs of the batches before), then put back in occurrence order with one scatter.
-    rel_sorted = np.cumsum(first) - 1
-    rel_sorted -= offsets_u[sorted_batch]
-    rel = np.empty(len(code), np.int64)
-    rel[perm] = rel_sorted
+        # Unique (batch, row) pairs of the occurrences, sorted by batch, then by row: one stable sort, which also
+        # orders each batch's occurrences by row (ties in occurrence order) for the gradient sum.
+        code = occ_batch * n_ws + loc
+        perm, sc = _stable_argsort(code, n_batches * n_ws)
+        first = np.ones(len(sc), bool)
+        np.not_equal(sc[1:], sc[:-1], out=first[1:])
+        starts = np.flatnonzero(first)
+        pairs = sc[starts]
+        counts_u = np.diff(starts, append=len(sc))
+        batches = np.arange(n_batches + 1, dtype=np.int64)
+        offsets_u = np.searchsorted(pairs // n_ws, batches).astype(np.int64)
+        out["urow_offsets"], out["urows"], out["urow_counts"] = offsets_u, pairs % n_ws, counts_u
+        sorted_batch = occ_batch[perm]
+        out["occ_offsets"] = np.searchsorted(sorted_batch, batches).astype(np.int64)
+        # Small dtypes: these two arrays live as long as the plan (two passes in flight), 6 bytes per occurrence.
+        if len(slots) == 1:
+            out["sorted_slot"] = np.zeros(len(perm), np.int16)
+        else:
+            out["sorted_slot"] = (np.searchsorted(bounds, perm, side="right") - 1).astype(np.int16)
+        out["sorted_example"] = occ_example[perm].astype(np.int32)
+        # Each occurrence's position among its batch's unique rows, found in sorted order (the pairs up to it, less
+        # one, less the pairs of the batches before), then put back in occurrence order with one scatter.
+        rel_sorted = np.cumsum(first) - 1
+        rel_sorted -= offsets_u[sorted_batch]
+        rel = np.empty(len(code), np.int64)
+        rel[perm] = rel_sorted
     out["inv"] = {s: rel[bounds[j] : bounds[j + 1]] for j, s in enumerate(slots)}
     return out
 

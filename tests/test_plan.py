@@ -10,8 +10,29 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from hier_ps import plan as plan_mod
 from hier_ps.data import ExampleChunk
-from hier_ps.plan import _example_of, _stable_argsort, _unique_inverse_counts, plan_pass
+from hier_ps.plan import PassPlan, _example_of, _stable_argsort, _unique_inverse_counts, plan_pass
+
+
+def _assert_same_plan(mine: PassPlan, theirs: PassPlan) -> None:
+    """Every array of two plans equal, with its dtype."""
+    for f in dataclasses.fields(mine):
+        a, b = getattr(mine, f.name), getattr(theirs, f.name)
+        if isinstance(a, dict) and f.name not in ("rejected", "slot_tables"):
+            assert list(a) == list(b), f.name
+            assert all(np.array_equal(a[k], b[k]) and a[k].dtype == b[k].dtype for k in a), f.name
+    assert mine.rejected == theirs.rejected
+
+
+def _numpy_plan(*args, **kwargs) -> PassPlan:
+    """plan_pass on its numpy path (the fallback where the C planner does not build)."""
+    saved, plan_mod._C_PLAN = plan_mod._C_PLAN, None
+    try:
+        return plan_pass(*args, **kwargs)
+    finally:
+        plan_mod._C_PLAN = saved
+
 
 bags = st.lists(st.lists(st.integers(0, 12), max_size=4), min_size=1, max_size=30)
 
@@ -48,11 +69,8 @@ def test_plan_matches_oracle(data: st.DataObject, batch_size: int) -> None:
     assert plan.num_batches == -(-n // batch_size)
     with ThreadPoolExecutor(2) as pool:  # tables planned side by side: the same plan, field by field
         pooled = plan_pass(chunk, slot_tables, batch_size, index=3, pool=pool)
-    for f in dataclasses.fields(plan):
-        mine, theirs = getattr(plan, f.name), getattr(pooled, f.name)
-        if isinstance(mine, dict) and f.name not in ("rejected", "slot_tables"):
-            assert list(mine) == list(theirs), f.name
-            assert all(np.array_equal(mine[k], theirs[k]) and mine[k].dtype == theirs[k].dtype for k in mine), f.name
+    _assert_same_plan(plan, pooled)
+    _assert_same_plan(plan, _numpy_plan(chunk, slot_tables, batch_size, index=3))  # the C planner is numpy's
     seen = 0
     for i in range(plan.num_batches):
         bp = plan.batch(i)
@@ -167,3 +185,34 @@ def test_example_of_is_the_repeat_of_the_bag_lengths(lengths: list[int]) -> None
     np.cumsum(lengths, out=off[1:])
     got = _example_of(off)
     assert got.dtype == np.int64 and np.array_equal(got, np.repeat(np.arange(len(lengths)), lengths))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_the_c_planner_plans_as_numpy_on_larger_passes(seed: int) -> None:
+    """Multi-hot and single-hot slots, a table with three slots, empty bags and batches, a short last batch, hot
+    keys, and a table with admission (a null row): the C planner's arrays are the numpy path's."""
+    if plan_mod._c_planner() is None:
+        pytest.skip("no C planner here (no compiler): plans take the numpy path")
+    rng = np.random.default_rng(seed)
+    n = 5003
+    sparse = {}
+    for s, max_len in {"a": 3, "b": 1, "c": 2, "d": 1, "e": 4}.items():
+        lens = rng.integers(0, max_len + 1, n) if max_len > 1 else np.ones(n, np.int64)
+        lens[200:400] = 0  # a run of empty bags: empty batches in multi-hot slots
+        off = np.zeros(n + 1, np.int64)
+        np.cumsum(lens, out=off[1:])
+        keys = rng.integers(0, 3000, off[-1]).astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+        keys[rng.random(off[-1]) < 0.3] = np.uint64(7)  # a hot key
+        sparse[s] = (off, keys)
+    chunk = ExampleChunk(np.zeros((n, 1), np.float32), np.zeros((n, 0), np.float32), sparse)
+    slot_tables = {"a": "T", "b": "T", "c": "T", "d": "U", "e": "V"}
+    for batch in (64, 4096, 10_000):
+        _assert_same_plan(plan_pass(chunk, slot_tables, batch, 1), _numpy_plan(chunk, slot_tables, batch, 1))
+
+    def admit(table: str, keys: np.ndarray, batches: np.ndarray, counts: np.ndarray) -> np.ndarray:
+        return (keys % 3 != 0) | (batches > 2)  # some keys get a row only from batch 3 on
+
+    got = plan_pass(chunk, slot_tables, 128, 0, admit=admit, admission_tables={"U"})
+    want = _numpy_plan(chunk, slot_tables, 128, 0, admit=admit, admission_tables={"U"})
+    assert got.rejected["U"][1] > 0  # occurrences at the null row
+    _assert_same_plan(got, want)

@@ -1,4 +1,4 @@
-"""The CPU kernels (``cpu_kernels/embedding.c``): built on first use, called by ctypes.
+"""The CPU kernels (``cpu_kernels/*.c``): built on first use, called by ctypes.
 
 :class:`CpuKernels` is :class:`~hier_ps.hbm.kernels.TorchTwins` with ``backward_update`` and ``update`` in C for
 float32 rows of dim <= 512: one pass over the unique rows of a batch that sums each row's gradients and updates
@@ -31,16 +31,18 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from hier_ps.hbm.kernels import TorchTwins
 from hier_ps.hbm.optimizers import SparseOptimizer
 
-__all__ = ["CpuKernels", "load"]
+__all__ = ["CpuKernels", "load", "plan_batches"]
 
-_CHECKOUT_SRC = Path(__file__).resolve().parents[2] / "cpu_kernels" / "embedding.c"
-# A checkout (or editable install) reads the source where it is; an installed wheel carries it in the package.
-_SRC = _CHECKOUT_SRC if _CHECKOUT_SRC.is_file() else Path(__file__).resolve().parents[1] / "cpu_kernels" / "embedding.c"
+_CHECKOUT_SRC = Path(__file__).resolve().parents[2] / "cpu_kernels"
+# A checkout (or editable install) reads the sources where they are; an installed wheel carries them in the package.
+_SRC_DIR = _CHECKOUT_SRC if _CHECKOUT_SRC.is_dir() else Path(__file__).resolve().parents[1] / "cpu_kernels"
+_SOURCES = ("embedding.c", "plan.c")  # one library
 # -std=c11 (not gnu11): no fused multiply-adds, as the twins and the CUDA kernels (--fmad=false)
 _FLAGS = ("-O3", "-march=native", "-std=c11", "-shared", "-fPIC", "-pthread")
 _OPTS = {"sgd": 0, "adagrad": 1, "rowwise_adagrad": 2, "adam": 3, "ftrl": 4}
@@ -78,27 +80,32 @@ def load() -> ctypes.CDLL:
     """The built kernel library: compiled on first use (about a second), then read from the cache.
 
     Raises:
-        RuntimeError: no compiler, or the source does not compile (the message has the compiler's first line).
+        RuntimeError: no compiler, an unwritable cache, or a source that does not compile (the message has the
+            compiler's first line).
     """
     global _LIB
     if _LIB is not None:
         return _LIB
     cc = _compiler()
-    src = _SRC.read_bytes()
+    paths = [_SRC_DIR / name for name in _SOURCES]
+    srcs = [p.read_bytes() for p in paths]
     version = subprocess.run([cc, "--version"], capture_output=True, text=True, check=False).stdout
-    key = hashlib.sha256(b"\0".join([src, " ".join(_FLAGS).encode(), version.encode(), _cpu_id().encode()]))
+    key = hashlib.sha256(b"\0".join([*srcs, " ".join(_FLAGS).encode(), version.encode(), _cpu_id().encode()]))
     out = _cache_dir() / f"cpu_kernels-{key.hexdigest()[:16]}.so"
     if not out.is_file():
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=out.stem, suffix=".so.tmp", dir=out.parent)
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=out.stem, suffix=".so.tmp", dir=out.parent)
+        except OSError as e:
+            raise RuntimeError(f"cannot write the kernel cache {out.parent} (set HIER_PS_CACHE): {e}") from e
         os.close(fd)
         try:
             done = subprocess.run(
-                [cc, *_FLAGS, "-o", tmp, str(_SRC), "-lm"], capture_output=True, text=True, check=False
+                [cc, *_FLAGS, "-o", tmp, *map(str, paths), "-lm"], capture_output=True, text=True, check=False
             )
             if done.returncode != 0:
                 first = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[0]
-                raise RuntimeError(f"{cc} could not build {_SRC.name}: {first}")
+                raise RuntimeError(f"{cc} could not build {' + '.join(_SOURCES)}: {first}")
             os.replace(tmp, out)  # whole or not at all: another process may be loading it
         finally:
             if os.path.exists(tmp):
@@ -111,8 +118,47 @@ def load() -> ctypes.CDLL:
     fn.restype = ctypes.c_int
     lib.move_rows_fp32.argtypes = [p, p, p, p, i64, ctypes.c_int, ctypes.c_int]
     lib.move_rows_fp32.restype = ctypes.c_int
+    lib.plan_batches.argtypes = [p, p, p, i64, i64, i64, p, ctypes.c_int, p, p, p, p, p, p, p]
+    lib.plan_batches.restype = i64
     _LIB = lib
     return lib
+
+
+def plan_batches(
+    loc: np.ndarray, batch: np.ndarray, example: np.ndarray, n_rows: int, n_batches: int, bounds: np.ndarray
+) -> dict[str, np.ndarray]:
+    """One table's per-batch plan in C (``cpu_kernels/plan.c``): the PassPlan fields ``urow_offsets``, ``urows``,
+    ``urow_counts``, ``occ_offsets``, ``sorted_slot``, ``sorted_example`` and the positions ``rel`` (int64[n]) of
+    each occurrence among its batch's unique rows, exactly as :func:`hier_ps.plan._plan_table` computes them.
+
+    Args:
+        loc, batch, example: int64[n] each occurrence's row in [0, n_rows), batch in [0, n_batches), example.
+        bounds: int64[slots+1] the slots' occurrence boundaries.
+
+    Raises:
+        RuntimeError: the library cannot be built (:func:`load`).
+        MemoryError: the kernel's temporaries (3 int64 per occurrence) could not be allocated.
+    """
+    fn = load().plan_batches
+    n = len(loc)
+    loc, batch, example, bounds = (np.ascontiguousarray(a, np.int64) for a in (loc, batch, example, bounds))
+    out = {
+        "urow_offsets": np.empty(n_batches + 1, np.int64),
+        "urows": np.empty(n, np.int64),
+        "urow_counts": np.empty(n, np.int64),
+        "occ_offsets": np.empty(n_batches + 1, np.int64),
+        "sorted_slot": np.empty(n, np.int16),
+        "sorted_example": np.empty(n, np.int32),
+        "rel": np.empty(n, np.int64),
+    }
+    args = [a.ctypes.data for a in (loc, batch, example)]
+    args += [n, max(n_rows, 1), n_batches, bounds.ctypes.data, len(bounds) - 1]
+    args += [out[k].ctypes.data for k in out]
+    pairs = fn(*args)
+    if pairs < 0:
+        raise MemoryError(f"plan_batches: out of memory for {n} occurrences")
+    out["urows"], out["urow_counts"] = out["urows"][:pairs].copy(), out["urow_counts"][:pairs].copy()
+    return out
 
 
 def _ptr(t: torch.Tensor | None) -> int | None:

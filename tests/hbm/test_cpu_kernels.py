@@ -180,7 +180,7 @@ def test_a_compiler_that_fails_means_the_twins_and_one_line_why(
     with caplog.at_level(logging.INFO, logger="hier_ps.hbm.kernels"):
         impl = K.kernels_for("cpu")
     assert type(impl) is K.TorchTwins
-    assert "kernels: torch twins (RuntimeError: false could not build embedding.c" in caplog.text
+    assert "kernels: torch twins (RuntimeError: false could not build embedding.c + plan.c" in caplog.text
     assert not list(tmp_path.iterdir())  # no half-built library left behind
 
 
@@ -189,6 +189,16 @@ def test_no_compiler_means_the_twins(monkeypatch: pytest.MonkeyPatch, tmp_path) 
     monkeypatch.delenv("CC", raising=False)
     monkeypatch.setenv("PATH", str(tmp_path))  # no cc, gcc or clang on it
     with pytest.raises(RuntimeError, match="no C compiler"):
+        C.load()
+    assert type(K.kernels_for("cpu")) is K.TorchTwins
+
+
+def test_an_unwritable_cache_means_the_twins(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    _fresh_loader(monkeypatch, tmp_path)
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    monkeypatch.setenv("HIER_PS_CACHE", str(blocker / "cache"))  # under a file: cannot be made
+    with pytest.raises(RuntimeError, match="cannot write the kernel cache"):
         C.load()
     assert type(K.kernels_for("cpu")) is K.TorchTwins
 
