@@ -230,14 +230,18 @@ class Stager:
     def _store(self) -> Any:
         return getattr(self.host, "backing", None)
 
-    def push(self, rows: dict[str, tuple[np.ndarray, np.ndarray]]) -> Future:
-        """Queues a write-back: table -> (keys uint64[n], packed rows float32[n, width]). Its Future gives
-        (seconds, host counters, SSD counters) of the write."""
+    def push(
+        self,
+        rows: dict[str, tuple[np.ndarray, np.ndarray]] | Callable[[], dict[str, tuple[np.ndarray, np.ndarray]]],
+    ) -> Future:
+        """Queues a write-back: table -> (keys uint64[n], packed rows float32[n, width]), or a function that returns
+        them, called first in the worker (to gather the rows off the caller's thread). Its Future gives (seconds,
+        host counters, SSD counters) of the gather and the write."""
 
         def job() -> tuple[float, dict, dict]:
             h0, s0 = _counters(self.host, self._store())
             t0 = time.perf_counter()
-            for name, (keys, r) in rows.items():
+            for name, (keys, r) in (rows() if callable(rows) else rows).items():
                 if len(keys):
                     self.host.write(name, keys, r)
             h1, s1 = _counters(self.host, self._store())

@@ -11,6 +11,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -46,8 +47,8 @@ from hier_ps.data import ParquetReader, generate_synthetic
 from hier_ps.data.synthetic import GENERATOR_VERSION
 from hier_ps.errors import ConfigError, HierPSError, StoreError, StoreLockedError
 from hier_ps.hbm.batched import BatchLookup, allocate_grouped
-from hier_ps.hbm.kernels import CudaKernels, kernels_for
-from hier_ps.hbm.working_set import WorkingSet, WorkingSetTable, segment_sum, table_specs
+from hier_ps.hbm.kernels import CudaKernels, TorchTwins, kernels_for
+from hier_ps.hbm.working_set import TableSpec, WorkingSet, WorkingSetTable, segment_sum, table_specs
 from hier_ps.hostmem import HostCache
 from hier_ps.hostmem.gather import default_threads
 from hier_ps.metrics import auc, logloss
@@ -114,6 +115,25 @@ def _occurrence_grads(pooled_grad: torch.Tensor, offsets: torch.Tensor, pooling:
     if pooling == "mean":
         g = g / lengths[bag].unsqueeze(1).to(g.dtype)
     return g
+
+
+def _gather_departed(
+    specs: dict[str, TableSpec], k: TorchTwins, departed: dict[str, tuple]
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The packed rows of the rows a pass released, gathered from the last working set's storage (kept alive by
+    `departed`: table -> (keys, emb, state, meta, positions)); run in the stager's worker as the push's first step,
+    off the trainer's thread. The last working set is not written after its pass, so any time before the push
+    reads the same rows."""
+    out = {}
+    for name, (keys, emb, state, meta, at) in departed.items():
+        d = torch.from_numpy(at).to(emb.device)
+        rows = specs[name].layout.pack(
+            k.gather_rows(emb, d).cpu().numpy(),  # fp32: exact for 16-bit rows
+            k.gather_rows(state, d).cpu().numpy(),
+            meta,
+        )
+        out[name] = (keys, rows)
+    return out
 
 
 class Trainer:
@@ -828,14 +848,9 @@ class Trainer:
                 if mine is not None:
                     departed &= mine
                 if departed.any():
-                    d = torch.from_numpy(np.flatnonzero(departed)).to(old.emb.device)
-                    rows = spec.layout.pack(
-                        k.gather_rows(old.emb, d).cpu().numpy(),  # fp32: exact for 16-bit rows
-                        k.gather_rows(old.state, d).cpu().numpy(),
-                        old.meta[departed],
-                    )
-                    departed_rows[name] = (old.keys[departed], rows)
-                    pushed += rows.nbytes
+                    at = np.flatnonzero(departed)
+                    departed_rows[name] = (old.keys[at], old.emb, old.state, old.meta[at], at)
+                    pushed += len(at) * spec.layout.width * 4  # the packed rows' bytes
             extra = 1 if name in null_rows else 0
             n = len(keys) + extra
             emb, state = blocks[name]
@@ -860,7 +875,7 @@ class Trainer:
         self._ws_gen += 1  # a new working set: the next pass is staged against it
         if self._stager is not None:
             if departed_rows:
-                overlap["push"] = self._stager.push(departed_rows)
+                overlap["push"] = self._stager.push(functools.partial(_gather_departed, self.specs, k, departed_rows))
             self._stager.stage_next(plan.keys, self._ws_gen)
         return WorkingSet(tables), owned_new, pushed, overlap
 
