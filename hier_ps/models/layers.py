@@ -145,35 +145,40 @@ def pairwise_dots(v: torch.Tensor, iu: torch.Tensor) -> torch.Tensor:
     Returns:
         ``[B, F*(F-1)/2]``, pair ``(0, 1)`` first, then ``(0, 2)`` ... ``(F-2, F-1)``.
     """
-    f = v.shape[1]
-    return _PairwiseDots.apply(v, iu[0] * f + iu[1], iu[1] * f + iu[0])
+    f, n_pairs = v.shape[1], iu.shape[1]
+    upper = iu[0] * f + iu[1]
+    # Where each of the F x F products' gradient comes from: its pair's, at (i, j) and at (j, i); the diagonal from
+    # column n_pairs, a zero the backward appends.
+    sym = torch.full((f * f,), n_pairs, dtype=torch.int64, device=iu.device)
+    pairs = torch.arange(n_pairs, device=iu.device)
+    sym[upper] = pairs
+    sym[iu[1] * f + iu[0]] = pairs
+    return _PairwiseDots.apply(v, upper, sym)
 
 
 class _PairwiseDots(torch.autograd.Function):
     """``bmm(v, vᵀ)`` flattened, at the pairs' flat positions ``upper`` (``i * F + j``), with a backward of one bmm.
 
-    The forward is one bmm and one flat ``index_select`` (a backward of ``index_add_``, not an accumulating
-    ``index_put_``). The gradient of ``v vᵀ`` with respect to ``v`` is ``(G + Gᵀ) v``, G the gradient of the
-    ``F x F`` products: G + Gᵀ is built directly, each pair's gradient at ``(i, j)`` and at ``(j, i)`` (``lower``),
-    then one bmm, where autograd's own backward runs two bmms and adds them. Each position of G + Gᵀ receives exactly
-    one value, so the result does not depend on the order of the index_add_ (deterministic on CUDA too).
+    The forward is one bmm and one flat ``index_select``. The gradient of ``v vᵀ`` with respect to ``v`` is
+    ``(G + Gᵀ) v``, G the gradient of the ``F x F`` products: G + Gᵀ is built directly by one gather, each position
+    taking its pair's gradient (``sym``: at ``(i, j)`` and at ``(j, i)``; the diagonal takes a zero column appended
+    to the pairs), then one bmm, where autograd's own backward runs two bmms and adds them. Every value is copied,
+    never summed, so the result is exact and does not depend on any order (deterministic on CUDA too).
     """
 
     @staticmethod
-    def forward(ctx: Any, v: torch.Tensor, upper: torch.Tensor, lower: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(v, upper, lower)
+    def forward(ctx: Any, v: torch.Tensor, upper: torch.Tensor, sym: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(v, sym)
         return torch.bmm(v, v.transpose(1, 2)).flatten(1).index_select(1, upper)
 
     @staticmethod
     def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor | None, None, None]:
-        v, upper, lower = ctx.saved_tensors
+        v, sym = ctx.saved_tensors
         if not ctx.needs_input_grad[0]:
             return None, None, None
         b, f, _ = v.shape
-        sym = torch.zeros(b, f * f, dtype=g.dtype, device=g.device)
-        sym.index_add_(1, upper, g)
-        sym.index_add_(1, lower, g)
-        return torch.bmm(sym.view(b, f, f), v), None, None
+        padded = torch.cat([g, g.new_zeros(b, 1)], dim=1)  # column n_pairs: the diagonal's zero
+        return torch.bmm(padded.index_select(1, sym).view(b, f, f), v), None, None
 
 
 class CTRModel(nn.Module):
