@@ -20,8 +20,6 @@ Example:
 
 from __future__ import annotations
 
-import logging
-import os
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
@@ -32,8 +30,6 @@ import numpy as np
 from hier_ps.data import ExampleChunk
 
 __all__ = ["BatchPlan", "PassPlan", "plan_pass"]
-
-log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -217,19 +213,13 @@ _C_PLAN: Any = False  # not decided yet; then the C planner, or None for numpy
 
 
 def _c_planner() -> Callable[..., dict[str, np.ndarray]] | None:
-    """:func:`hier_ps.hbm.cpu_kernels.plan_batches` when the CPU kernels build (and ``HIER_PS_KERNELS`` is not
-    ``torch``), else None: the numpy path. Decided once per process."""
+    """:func:`hier_ps.hbm.cpu_kernels.plan_batches` when the CPU kernels run (:func:`~hier_ps.hbm.cpu_kernels.
+    optional`), else None: the numpy path, which plans the same."""
     global _C_PLAN
     if _C_PLAN is False:
-        _C_PLAN = None
-        if os.environ.get("HIER_PS_KERNELS", "").lower() != "torch":
-            try:
-                from hier_ps.hbm import cpu_kernels  # torch and a compiler: only when planning first runs
+        from hier_ps.hbm import cpu_kernels  # imports torch: only when planning first runs
 
-                cpu_kernels.load()
-                _C_PLAN = cpu_kernels.plan_batches
-            except Exception as e:  # no compiler, a compile error: the numpy path computes the same plan
-                log.info("plan: numpy (%s: %s)", type(e).__name__, str(e).splitlines()[0] if str(e) else "")
+        _C_PLAN = cpu_kernels.plan_batches if cpu_kernels.optional() is not None else None
     return _C_PLAN
 
 

@@ -24,12 +24,14 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import logging
 import os
 import platform
 import shutil
 import subprocess
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -37,16 +39,17 @@ import torch
 from hier_ps.hbm.kernels import TorchTwins
 from hier_ps.hbm.optimizers import SparseOptimizer
 
-__all__ = ["CpuKernels", "load", "plan_batches"]
+__all__ = ["CpuKernels", "load", "optional", "plan_batches"]
 
 _CHECKOUT_SRC = Path(__file__).resolve().parents[2] / "cpu_kernels"
 # A checkout (or editable install) reads the sources where they are; an installed wheel carries them in the package.
 _SRC_DIR = _CHECKOUT_SRC if _CHECKOUT_SRC.is_dir() else Path(__file__).resolve().parents[1] / "cpu_kernels"
-_SOURCES = ("embedding.c", "plan.c")  # one library
+_SOURCES = ("embedding.c", "plan.c", "rows.c")  # one library
 # -std=c11 (not gnu11): no fused multiply-adds, as the twins and the CUDA kernels (--fmad=false)
 _FLAGS = ("-O3", "-march=native", "-std=c11", "-shared", "-fPIC", "-pthread")
 _OPTS = {"sgd": 0, "adagrad": 1, "rowwise_adagrad": 2, "adam": 3, "ftrl": 4}
 _MAX_DIM = 512  # MAXD in embedding.c
+log = logging.getLogger(__name__)
 _LIB: ctypes.CDLL | None = None
 
 
@@ -120,8 +123,29 @@ def load() -> ctypes.CDLL:
     lib.move_rows_fp32.restype = ctypes.c_int
     lib.plan_batches.argtypes = [p, p, p, i64, i64, i64, p, ctypes.c_int, p, p, p, p, p, p, p]
     lib.plan_batches.restype = i64
+    lib.init_uniform_fp32.argtypes = [ctypes.c_uint64, p, i64, ctypes.c_int, ctypes.c_int, ctypes.c_double, p, i64]
+    lib.init_uniform_fp32.restype = None
     _LIB = lib
     return lib
+
+
+_OPTIONAL: Any = False  # not decided yet
+
+
+def optional() -> ctypes.CDLL | None:
+    """The library for the numpy paths that have a C twin (planning, initial rows), or None: ``HIER_PS_KERNELS=torch``
+    or no library could be built (logged once). Decided once per process."""
+    global _OPTIONAL
+    if _OPTIONAL is False:
+        _OPTIONAL = None
+        if os.environ.get("HIER_PS_KERNELS", "").lower() != "torch":
+            try:
+                _OPTIONAL = load()
+            except Exception as e:  # no compiler, a compile error: the numpy paths compute the same
+                log.info(
+                    "cpu kernels: numpy paths (%s: %s)", type(e).__name__, str(e).splitlines()[0] if str(e) else ""
+                )
+    return _OPTIONAL
 
 
 def plan_batches(

@@ -15,6 +15,7 @@ gets the same initial embedding whenever and wherever it is first touched (DESIG
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -44,9 +45,36 @@ def stable_name_hash(name: str) -> int:
     return h
 
 
+def _base(seed: int, table: str) -> np.uint64:
+    """The hash of (seed, table) every element's hash starts from."""
+    return np.uint64(_mix64(np.array([seed & 0xFFFFFFFFFFFFFFFF], np.uint64))[0] ^ np.uint64(stable_name_hash(table)))
+
+
+_C_INIT: Any = False  # not decided yet; then the CPU kernels' library, or None for numpy
+
+
+def _uniform_c(seed: int, table: str, keys: np.ndarray, dim: int, scale: float) -> np.ndarray | None:
+    """The uniform rows of :func:`init_embeddings` from ``cpu_kernels/rows.c`` (the same bits as the numpy path,
+    in one pass instead of a dozen over [n, dim] temporaries), or None where the CPU kernels do not run."""
+    global _C_INIT
+    if _C_INIT is False:
+        from hier_ps.hbm import cpu_kernels  # imports torch: only when rows are first initialized
+
+        _C_INIT = cpu_kernels.optional()
+    if _C_INIT is None:
+        return None
+    keys = np.ascontiguousarray(keys, np.uint64)
+    out = np.empty((len(keys), dim), np.float32)
+    if len(keys) and dim:
+        _C_INIT.init_uniform_fp32(
+            int(_base(seed, table)), keys.ctypes.data, len(keys), dim, 0, scale, out.ctypes.data, dim
+        )
+    return out
+
+
 def _uniform01(seed: int, table: str, keys: np.ndarray, dim: int, stream: int) -> np.ndarray:
     """float64[n, dim] in [0, 1): element j of key k is a pure function of (seed, table, k, j, stream)."""
-    base = np.uint64(_mix64(np.array([seed & 0xFFFFFFFFFFFFFFFF], np.uint64))[0] ^ np.uint64(stable_name_hash(table)))
+    base = _base(seed, table)
     with np.errstate(over="ignore"):
         k = _mix64(keys.astype(np.uint64, copy=False) ^ base)
         j = (np.arange(dim, dtype=np.uint64) + np.uint64(stream * dim + 1)) * _GOLDEN
@@ -79,6 +107,8 @@ def init_embeddings(seed: int, table: str, keys: np.ndarray, dim: int, init: Ini
     if init.name == InitName.CONSTANT:
         return np.full((n, dim), init.value, np.float32)
     if init.name == InitName.UNIFORM:
+        if (out := _uniform_c(seed, table, keys, dim, init.scale)) is not None:
+            return out
         u = _uniform01(seed, table, keys, dim, 0)
         return ((2.0 * u - 1.0) * init.scale).astype(np.float32)
     # Box-Muller from two independent streams.

@@ -1,10 +1,12 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hier_ps.config import InitConfig
+from hier_ps.hbm import rows
 from hier_ps.hbm.rows import RowLayout, init_embeddings
 
 
@@ -53,3 +55,25 @@ def test_new_rows_metadata() -> None:
     rows = lay.new_rows(0, "T", np.array([5, 6], np.uint64), InitConfig())
     _, state, meta = lay.unpack(rows)
     assert (state == 0).all() and meta[:, 0].tolist() == [0, 0] and meta[:, 1].tolist() == [-1, -1]
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    keys=st.lists(st.integers(0, 2**64 - 1), min_size=0, max_size=60, unique=True),
+    seed=st.integers(0, 2**64 - 1),
+    dim=st.sampled_from([1, 3, 16, 64]),
+    scale=st.sampled_from([0.05, 1.0, 1e-3, 3.7]),
+)
+def test_c_uniform_rows_are_the_numpy_paths_bits(keys: list[int], seed: int, dim: int, scale: float) -> None:
+    """The C initializer (cpu_kernels/rows.c) and the numpy one give the same bits: a key's initial row does not
+    depend on whether a compiler was there (DESIGN.md contract 2)."""
+    k = np.array([0, 2**64 - 1, *keys], np.uint64)  # the extremes of the key space too
+    got = rows._uniform_c(seed, "C1", k, dim, scale)
+    if got is None:
+        pytest.skip("no CPU kernels here: the numpy path is the only one")
+    saved, rows._C_INIT = rows._C_INIT, None
+    try:
+        want = init_embeddings(seed, "C1", k, dim, InitConfig(name="uniform", scale=scale))
+    finally:
+        rows._C_INIT = saved
+    assert got.dtype == want.dtype == np.float32 and np.array_equal(got.view(np.uint32), want.view(np.uint32))
