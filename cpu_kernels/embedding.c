@@ -31,6 +31,30 @@ typedef struct {
 #define PF 16         // rows ahead to prefetch
 #define MAXTHREADS 64
 
+// How many threads split n items so that each gets at least min_per: between 1 and min(want, MAXTHREADS).
+static int threads_for(i64 n, i64 min_per, int want) {
+  i64 t = n / min_per;
+  if (t > want) t = want;
+  if (t > MAXTHREADS) t = MAXTHREADS;
+  return t < 1 ? 1 : (int)t;
+}
+
+// fn(tasks + k * size) for k in [0, n): the first in the caller's thread, each other one in a thread of its own
+// (run here instead when no thread can be started). Returns when all are done.
+static void run_parallel(void* (*fn)(void*), char* tasks, size_t size, int n) {
+  pthread_t threads[MAXTHREADS];
+  int started[MAXTHREADS] = {0};
+  for (int k = 1; k < n; ++k) started[k] = pthread_create(&threads[k], 0, fn, tasks + k * size) == 0;
+  fn(tasks);
+  for (int k = 1; k < n; ++k) {
+    if (started[k]) {
+      pthread_join(threads[k], 0);
+    } else {
+      fn(tasks + k * size);
+    }
+  }
+}
+
 typedef struct {
   int opt;
   float* emb;
@@ -129,32 +153,20 @@ static void* run_thread(void* arg) {
 // For each unique row u: g = sum over its occurrences j in [seg[u], seg[u+1]) (in order) of
 // grad[bags[j], :] / div[bags[j]], then one optimizer update of emb[urows[u]] and state[urows[u]] (urows distinct).
 // With seg = arange(U+1), bags = arange(U) and div = null this is the update alone with given sums g = grad.
-// Splits the rows into n_threads contiguous ranges, one per thread (the caller's thread runs the first).
+// Splits the rows into contiguous ranges of at least 4096, over at most n_threads threads (the caller's included).
 // Returns 0, or -1 for dim > MAXD or an unknown opt (nothing is written then).
 int backward_update_fp32(int opt, float* emb, float* state, int state_w, const i64* urows, i64 n_unique,
                          const i64* seg, const i64* bags, const float* grad, const float* div, int dim,
                          const Hyper* h, int n_threads) {
   if (dim > MAXD || opt < SGD || opt > FTRL) return -1;
-  if (n_threads < 1) n_threads = 1;
-  if (n_threads > MAXTHREADS) n_threads = MAXTHREADS;
-  if (n_unique < 4096 * (i64)n_threads) n_threads = (int)(n_unique / 4096) + 1;  // small batches: no threads
+  n_threads = threads_for(n_unique, 4096, n_threads);  // small batches: one thread
   Task tasks[MAXTHREADS];
-  pthread_t threads[MAXTHREADS];
-  int started[MAXTHREADS] = {0};
   for (int k = 0; k < n_threads; ++k) {
     Task t = {opt, emb, state, state_w, urows, n_unique * k / n_threads, n_unique * (k + 1) / n_threads,
               seg, bags, grad, div, dim, *h};
     tasks[k] = t;
   }
-  for (int k = 1; k < n_threads; ++k) started[k] = pthread_create(&threads[k], 0, run_thread, &tasks[k]) == 0;
-  run(&tasks[0]);
-  for (int k = 1; k < n_threads; ++k) {
-    if (started[k]) {
-      pthread_join(threads[k], 0);
-    } else {
-      run(&tasks[k]);  // no thread to be had: run its range here
-    }
-  }
+  run_parallel(run_thread, (char*)tasks, sizeof(Task), n_threads);
   return 0;
 }
 
@@ -187,27 +199,15 @@ static void* move_thread(void* arg) {
 
 // dst[dst_idx[i], :] = src[src_idx[i], :] for i in [0, n), rows of `width` floats; a null index means i itself (a
 // contiguous side). The destination rows must be distinct (they are: a working set's positions or fresh rows).
-// Splits the rows into n_threads ranges as backward_update_fp32 does. Returns 0.
+// Splits the rows into ranges of at least 16384, over at most n_threads threads. Returns 0.
 int move_rows_fp32(float* dst, const i64* dst_idx, const float* src, const i64* src_idx, i64 n, int width,
                    int n_threads) {
-  if (n_threads < 1) n_threads = 1;
-  if (n_threads > MAXTHREADS) n_threads = MAXTHREADS;
-  if (n < 16384 * (i64)n_threads) n_threads = (int)(n / 16384) + 1;
+  n_threads = threads_for(n, 16384, n_threads);
   Move moves[MAXTHREADS];
-  pthread_t threads[MAXTHREADS];
-  int started[MAXTHREADS] = {0};
   for (int k = 0; k < n_threads; ++k) {
     Move m = {dst, dst_idx, src, src_idx, n * k / n_threads, n * (k + 1) / n_threads, width};
     moves[k] = m;
   }
-  for (int k = 1; k < n_threads; ++k) started[k] = pthread_create(&threads[k], 0, move_thread, &moves[k]) == 0;
-  move_range(&moves[0]);
-  for (int k = 1; k < n_threads; ++k) {
-    if (started[k]) {
-      pthread_join(threads[k], 0);
-    } else {
-      move_range(&moves[k]);
-    }
-  }
+  run_parallel(move_thread, (char*)moves, sizeof(Move), n_threads);
   return 0;
 }

@@ -213,8 +213,8 @@ _C_PLAN: Any = False  # not decided yet; then the C planner, or None for numpy
 
 
 def _c_planner() -> Callable[..., dict[str, np.ndarray]] | None:
-    """:func:`hier_ps.hbm.cpu_kernels.plan_batches` when the CPU kernels run (:func:`~hier_ps.hbm.cpu_kernels.
-    optional`), else None: the numpy path, which plans the same."""
+    """:func:`hier_ps.hbm.cpu_kernels.plan_batches` when the CPU kernels run (see
+    :func:`hier_ps.hbm.cpu_kernels.optional`), else None: the numpy path, which plans the same."""
     global _C_PLAN
     if _C_PLAN is False:
         from hier_ps.hbm import cpu_kernels  # imports torch: only when planning first runs

@@ -122,8 +122,8 @@ def _gather_departed(
 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """The packed rows of the rows a pass released, gathered from the last working set's storage (kept alive by
     `departed`: table -> (keys, emb, state, meta, positions)); run in the stager's worker as the push's first step,
-    off the trainer's thread. The last working set is not written after its pass, so any time before the push
-    reads the same rows."""
+    off the trainer's thread. Nothing writes the last working set after its pass ends, so the gather reads the rows
+    as that pass left them."""
     out = {}
     for name, (keys, emb, state, meta, at) in departed.items():
         d = torch.from_numpy(at).to(emb.device)

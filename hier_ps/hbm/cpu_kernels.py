@@ -1,13 +1,20 @@
-"""The CPU kernels (``cpu_kernels/*.c``): built on first use, called by ctypes.
+"""The CPU kernels (``cpu_kernels/*.c``): built on first use, called by ctypes (which releases the GIL per call).
 
-:class:`CpuKernels` is :class:`~hier_ps.hbm.kernels.TorchTwins` with ``backward_update`` and ``update`` in C for
-float32 rows of dim <= 512: one pass over the unique rows of a batch that sums each row's gradients and updates
-the row and its state in place, with the rows' memory prefetched ahead. The twins run the same step as a dozen
-torch ops over ``[U, dim]`` temporaries. Everything else (and 16-bit or wider rows) stays with the twins.
+:class:`CpuKernels` is :class:`~hier_ps.hbm.kernels.TorchTwins` with these in C, for float32 rows:
 
-The source is compiled once per source, compiler and CPU with ``$CC`` (else ``cc``/``gcc``/``clang``) into
-``$HIER_PS_CACHE`` (default ``~/.cache/hier_ps``), as ``cpu_kernels-<hash>.so``. Where no compiler works,
-:func:`load` raises and the loader (:func:`hier_ps.hbm.kernels.kernels_for`) uses the twins and logs why.
+- ``backward_update`` and ``update`` (dim <= 512): one pass over the unique rows of a batch that sums each row's
+  gradients and updates the row and its state in place, the rows' memory prefetched ahead. The twins run the same
+  step as a dozen torch ops over ``[U, dim]`` temporaries.
+- ``gather_rows``, ``scatter_rows`` and ``copy_rows`` (a pass's load and push): one prefetched pass per move, where
+  the twins' ``copy_rows`` gathers into a temporary and scatters it.
+
+Everything else (and 16-bit rows) stays with the twins. Two numpy paths have C twins in the same library, with the
+same results to the bit: :func:`plan_batches` (``cpu_kernels/plan.c``) for :mod:`hier_ps.plan`, and the uniform
+initial rows (``cpu_kernels/rows.c``) for :mod:`hier_ps.hbm.rows`; :func:`optional` says whether they run.
+
+The sources are compiled once per source text, flags, compiler and CPU, with ``$CC`` (else ``cc``/``gcc``/``clang``),
+into ``$HIER_PS_CACHE`` (default ``~/.cache/hier_ps``) as ``cpu_kernels-<hash>.so``. Where no compiler works,
+:func:`load` raises, and the loader (:func:`hier_ps.hbm.kernels.kernels_for`) uses the twins and logs why.
 
 Example:
     >>> import torch
@@ -30,6 +37,7 @@ import platform
 import shutil
 import subprocess
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +59,7 @@ _OPTS = {"sgd": 0, "adagrad": 1, "rowwise_adagrad": 2, "adam": 3, "ftrl": 4}
 _MAX_DIM = 512  # MAXD in embedding.c
 log = logging.getLogger(__name__)
 _LIB: ctypes.CDLL | None = None
+_LOCK = threading.Lock()  # one build per process, when several threads first need the library at once
 
 
 class _Hyper(ctypes.Structure):
@@ -86,9 +95,16 @@ def load() -> ctypes.CDLL:
         RuntimeError: no compiler, an unwritable cache, or a source that does not compile (the message has the
             compiler's first line).
     """
-    global _LIB
-    if _LIB is not None:
+    with _LOCK:
+        if _LIB is None:
+            _build_and_load()
+        assert _LIB is not None
         return _LIB
+
+
+def _build_and_load() -> None:
+    """Builds the library unless the cache has it, loads it and declares its functions' types (under _LOCK)."""
+    global _LIB
     cc = _compiler()
     paths = [_SRC_DIR / name for name in _SOURCES]
     srcs = [p.read_bytes() for p in paths]
@@ -126,7 +142,6 @@ def load() -> ctypes.CDLL:
     lib.init_uniform_fp32.argtypes = [ctypes.c_uint64, p, i64, ctypes.c_int, ctypes.c_int, ctypes.c_double, p, i64]
     lib.init_uniform_fp32.restype = None
     _LIB = lib
-    return lib
 
 
 _OPTIONAL: Any = False  # not decided yet
@@ -137,14 +152,15 @@ def optional() -> ctypes.CDLL | None:
     or no library could be built (logged once). Decided once per process."""
     global _OPTIONAL
     if _OPTIONAL is False:
-        _OPTIONAL = None
+        lib = None
         if os.environ.get("HIER_PS_KERNELS", "").lower() != "torch":
             try:
-                _OPTIONAL = load()
+                lib = load()
             except Exception as e:  # no compiler, a compile error: the numpy paths compute the same
                 log.info(
                     "cpu kernels: numpy paths (%s: %s)", type(e).__name__, str(e).splitlines()[0] if str(e) else ""
                 )
+        _OPTIONAL = lib
     return _OPTIONAL
 
 

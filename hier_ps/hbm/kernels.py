@@ -3,7 +3,7 @@
 Every operation has two implementations with one signature: :class:`TorchTwins` (pure torch: the fallback
 everywhere and the oracle of the kernel tests) and :class:`CudaKernels` (``cuda_kernels/*.cu`` compiled at run time
 by CuPy through NVRTC, launched on torch's current stream on the tensors' memory, no copies). On the CPU,
-:class:`~hier_ps.hbm.cpu_kernels.CpuKernels` is the twins with the fused backward + update in C
+:class:`~hier_ps.hbm.cpu_kernels.CpuKernels` is the twins with the fused backward + update and the row moves in C
 (``cpu_kernels/embedding.c``). :func:`kernels_for` picks one per device, lazily on first use (importing this module
 touches no GPU), and logs which, once: ``kernels: cuda``, ``kernels: cpu`` or ``kernels: torch twins (<reason>)``.
 ``HIER_PS_KERNELS=torch`` forces the twins.
