@@ -5,18 +5,13 @@
 // sorts position-tagged codes and derives the rest in a dozen passes; one walk over the order then writes every
 // output. The result is the numpy path's, array for array (tests/test_plan.py holds the two to each other).
 //
-// Built with embedding.c into one library by hier_ps/hbm/cpu_kernels.py; called through ctypes (no GIL).
+// Built with the other cpu_kernels sources into one library by hier_ps/hbm/cpu_kernels.py; called through ctypes
+// (no GIL).
 #include <stdint.h>
 #include <stdlib.h>
 
 typedef int64_t i64;
 
-// Inputs, per occurrence i in [0, n): loc[i] in [0, n_rows) its row, batch[i] in [0, n_batches) its batch,
-// example[i] its example in the pass; bounds[0..n_slots] the occurrences'
-// slot boundaries (slot s owns [bounds[s], bounds[s+1])).
-// Outputs (caller-allocated): urow_offsets[n_batches+1], urows[n] and urow_counts[n] (the first n_pairs used),
-// occ_offsets[n_batches+1], sorted_slot[n], sorted_example[n], rel[n] (each occurrence's position among its batch's
-// unique rows). Returns n_pairs, or -1 when out of memory (nothing usable is written then).
 // The last slot s with bounds[s] <= i (empty slots skipped, as numpy's searchsorted(side="right") - 1).
 static int slot_of(const i64* bounds, int n_slots, i64 i) {
   int lo = 0, hi = n_slots - 1;  // bounds[lo] <= i always (bounds[0] == 0)
@@ -31,6 +26,12 @@ static int slot_of(const i64* bounds, int n_slots, i64 i) {
   return lo;
 }
 
+// Inputs, per occurrence i in [0, n): loc[i] in [0, n_rows) its row, batch[i] in [0, n_batches) its batch,
+// example[i] its example in the pass; bounds[0..n_slots] the occurrences' slot boundaries (slot s owns
+// [bounds[s], bounds[s+1])).
+// Outputs (caller-allocated): urow_offsets[n_batches+1], urows[n] and urow_counts[n] (the first n_pairs used),
+// occ_offsets[n_batches+1], sorted_slot[n], sorted_example[n], rel[n] (each occurrence's position among its batch's
+// unique rows). Returns n_pairs, or -1 when out of memory (nothing usable is written then).
 i64 plan_batches(const i64* loc, const i64* batch, const i64* example, i64 n, i64 n_rows, i64 n_batches,
                  const i64* bounds, int n_slots, i64* urow_offsets, i64* urows, i64* urow_counts, i64* occ_offsets,
                  int16_t* sorted_slot, int32_t* sorted_example, i64* rel) {
