@@ -167,6 +167,17 @@ class Trainer:
         self.world = self.ring.world if self.ring else 1
         self.rank = self.ring.rank if self.ring else 0
         self.is_main = self.rank == 0
+        if self.ring is not None:
+            # Every rank must update rows with the same kernels: the C and CUDA kernels agree with the twins only to
+            # rounding, so replicas would drift apart and ranks would not equal one process.
+            kinds = ("torch twins", "cpu", "cuda")
+            names = [kinds[i] for i in self.ring.all_gather_ints(kinds.index(kernels_for(self.device).name))]
+            if len(set(names)) > 1:
+                ranks = ", ".join(f"rank {r}: {n}" for r, n in enumerate(names))
+                raise ConfigError(
+                    f"the ranks run different row kernels ({ranks}): install a C compiler (CPU) or CuPy (CUDA) on "
+                    "every node, or set HIER_PS_KERNELS=torch on all of them"
+                )
         # Each rank owns the keys owner(key) == rank in all tiers, in its own store directory.
         self.store_dir = store_dir_for(cfg.store_dir, self.world, self.rank)
         self.run_dir = Path(cfg.run.dir)

@@ -1,10 +1,11 @@
 """Host-RAM tier: a bounded write-back cache of rows over a backing tier (the SSD store), LRU or LFU.
 
 The byte budget is split so that every table can hold the same number of rows (each table's share is proportional
-to its row bytes). Per table the cache keeps preallocated arrays — rows float32[cap, width], used and dirty flags,
-the last use (uint32 clock) and the use count of each slot — and a sorted key index (uint64 keys, int32 slots)
-searched with ``np.searchsorted`` and updated by merging (resident keys are never re-sorted). A slot's key lives only
-in the index: 22 bytes of bookkeeping per row in all, 26% of an 84-byte row (dim 16 with row-wise Adagrad).
+to its row bytes). Per table the cache keeps preallocated arrays — rows float32[cap, width], dirty flags, the last
+use (uint32 clock) and the use count of each slot — and a sorted key index (uint64 keys, int32 slots) searched with
+``np.searchsorted`` and updated by merging (resident keys are never re-sorted). A slot's key lives only in the index,
+and whether a slot is in use is the index's too: 21 bytes of bookkeeping per row in all, 25% of an 84-byte row
+(dim 16 with row-wise Adagrad).
 
 Every operation is vectorized over its batch. Evictions choose with ``np.argpartition`` — least recently used
 (``lru``), or least frequently used with the least recent first among equals (``lfu``: reads and writes while
@@ -31,7 +32,6 @@ class _Slots:
     def __init__(self, cap: int, width: int) -> None:
         self.cap, self.width = cap, width
         self.rows = np.zeros((cap, width), np.float32)
-        self.used = np.zeros(cap, bool)
         self.dirty = np.zeros(cap, bool)
         self.last_use = np.zeros(cap, np.uint32)  # the cache's clock: one tick per read or write call
         self.uses = np.zeros(cap, np.uint32)  # lfu: reads and writes since the row became resident
@@ -44,12 +44,19 @@ class _Slots:
     @property
     def overhead_bytes(self) -> int:
         """Bytes of bookkeeping (flags, clocks, use counts, index) beside the rows themselves."""
-        per_slot = self.used.nbytes + self.dirty.nbytes + self.last_use.nbytes + self.uses.nbytes
+        per_slot = self.dirty.nbytes + self.last_use.nbytes + self.uses.nbytes
         return per_slot + self.ikeys.nbytes + self.islots.nbytes
 
     @property
     def resident(self) -> int:
         return len(self.ikeys)
+
+    @property
+    def used(self) -> np.ndarray:
+        """bool[cap]: the slots that hold a resident row (derived from the index, for inspection)."""
+        u = np.zeros(self.cap, bool)
+        u[self.islots] = True
+        return u
 
     def take_unused(self, n: int) -> np.ndarray:
         """Up to `n` unused slots (int64), released ones first; they count as taken from now on."""
@@ -172,7 +179,6 @@ class HostCache:
             if dirty.any():
                 self.backing.write(name, s.ikeys[pos[dirty]], self.mover.gather(s.rows, victims[dirty]))
                 self.stats["rows_written_back"] += int(dirty.sum())
-            s.used[victims] = False
             s.dirty[victims] = False
             keep = np.ones(len(occ), bool)
             keep[pos] = False
@@ -186,7 +192,7 @@ class HostCache:
         s = self.t[name]
         slots = self._free_slots(name, len(keys))
         self.mover.scatter(s.rows, slots, rows)
-        s.used[slots], s.dirty[slots], s.last_use[slots] = True, dirty, clock
+        s.dirty[slots], s.last_use[slots] = dirty, clock
         s.uses[slots] = 1
         s.index_add(keys, slots)
 
@@ -272,7 +278,6 @@ class HostCache:
         slots = s.lookup(keys)
         resident = slots >= 0
         if resident.any():
-            s.used[slots[resident]] = False
             s.dirty[slots[resident]] = False
             s.released = np.concatenate([s.released, slots[resident]])
             s.index_remove(keys[resident])

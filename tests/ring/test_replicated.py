@@ -230,6 +230,32 @@ def test_a_rank_that_dies_stops_the_others_with_a_clear_error(tiny_data: dict, t
     assert last.startswith("hier-ps: error: rank 0 of 2: lost contact with another rank"), err.decode()[-2000:]
 
 
+def test_ranks_on_different_row_kernels_stop_with_a_clear_error(tiny_data: dict, tmp_path: Path) -> None:
+    """Rank 1 on the torch twins, rank 0 on the C kernels: replicas would drift apart by rounding, so both stop."""
+    from hier_ps.hbm import cpu_kernels
+
+    if cpu_kernels.optional() is None:
+        pytest.skip("no C kernels here: every rank runs the twins")
+    cfg = make_cfg(tiny_data, tmp_path / "run", "rowwise_adagrad", 128)
+    cfg_file = tmp_path / "cfg.yaml"
+    cfg_file.write_text(yaml.safe_dump(config_to_dict(cfg)))
+    base = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "MASTER_ADDR": "127.0.0.1"}
+    base.update(MASTER_PORT=str(free_port()), WORLD_SIZE="2")
+    base.pop("HIER_PS_KERNELS", None)
+    procs = []
+    for rank in range(2):
+        env = {**base, "RANK": str(rank), "LOCAL_RANK": str(rank)}
+        if rank == 1:
+            env["HIER_PS_KERNELS"] = "torch"
+        cmd = [sys.executable, "-m", "hier_ps", "-q", "train", str(cfg_file)]
+        procs.append(subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+    for p in procs:
+        _, err = p.communicate(timeout=120)
+        assert p.returncode == 2, err.decode()[-2000:]
+        last = err.decode().strip().splitlines()[-1]
+        assert "the ranks run different row kernels (rank 0: cpu, rank 1: torch twins)" in last, err.decode()[-2000:]
+
+
 def test_row_wise_with_16_bit_rows_is_a_clear_config_error(tiny_data: dict, tmp_path: Path) -> None:
     first = next(iter(tiny_data["info"]["sparse"]))
     over = {"train.embedding_sharding": "row_wise", f"tables.{first}.dtype": "fp16"}
