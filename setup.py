@@ -13,7 +13,7 @@ setup(
     package_data={
         "hier_ps": ["configs/*.yaml"],
         "hier_ps.cuda_kernels": ["*.cu", "*.cuh"],
-        "hier_ps.cpu_kernels": ["*.c"],
+        "hier_ps.cpu_kernels": ["*.c", "*.h"],
     },
     python_requires=">=3.11",
     install_requires=["torch>=2.4", "numpy>=1.24", "pyarrow>=14", "pyyaml>=6", "tqdm>=4.60", "matplotlib>=3.7"],

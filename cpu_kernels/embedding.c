@@ -14,8 +14,9 @@
 // Built at run time by hier_ps/hbm/cpu_kernels.py (any C compiler; no Python or torch headers) and called through
 // ctypes, which releases the GIL for the call.
 #include <math.h>
-#include <pthread.h>
 #include <stdint.h>
+
+#include "parallel.h"
 
 typedef int64_t i64;
 
@@ -28,31 +29,6 @@ typedef struct {
 
 #define MAXD 512      // the loader falls back to the torch twin above this
 #define PF 16         // rows ahead to prefetch
-#define MAXTHREADS 64
-
-// How many threads split n items so that each gets at least min_per: between 1 and min(want, MAXTHREADS).
-static int threads_for(i64 n, i64 min_per, int want) {
-  i64 t = n / min_per;
-  if (t > want) t = want;
-  if (t > MAXTHREADS) t = MAXTHREADS;
-  return t < 1 ? 1 : (int)t;
-}
-
-// fn(tasks + k * size) for k in [0, n): the first in the caller's thread, each other one in a thread of its own
-// (run here instead when no thread can be started). Returns when all are done.
-static void run_parallel(void* (*fn)(void*), char* tasks, size_t size, int n) {
-  pthread_t threads[MAXTHREADS];
-  int started[MAXTHREADS] = {0};
-  for (int k = 1; k < n; ++k) started[k] = pthread_create(&threads[k], 0, fn, tasks + k * size) == 0;
-  fn(tasks);
-  for (int k = 1; k < n; ++k) {
-    if (started[k]) {
-      pthread_join(threads[k], 0);
-    } else {
-      fn(tasks + k * size);
-    }
-  }
-}
 
 typedef struct {
   int opt;

@@ -8,7 +8,9 @@
 - ``gather_rows``, ``scatter_rows`` and ``copy_rows`` (a pass's load and push): one prefetched pass per move, where
   the twins' ``copy_rows`` gathers into a temporary and scatters it.
 
-Everything else (and 16-bit rows) stays with the twins. Two numpy paths have C twins in the same library, with the
+Everything else (and 16-bit rows) stays with the twins. The models' DLRM interaction runs
+:func:`dot_interaction` / :func:`dot_interaction_backward` (``cpu_kernels/interaction.c``) on float32 CPU vectors
+(:func:`hier_ps.models.layers.dot_interaction`). Two numpy paths have C twins in the same library, with the
 same results to the bit: :func:`plan_batches` (``cpu_kernels/plan.c``) for :mod:`hier_ps.plan`, and the uniform
 initial rows (``cpu_kernels/rows.c``) for :mod:`hier_ps.hbm.rows`; :func:`optional` says whether they run.
 
@@ -47,12 +49,21 @@ import torch
 from hier_ps.hbm.kernels import TorchTwins
 from hier_ps.hbm.optimizers import SparseOptimizer
 
-__all__ = ["CpuKernels", "load", "optional", "plan_batches"]
+__all__ = [
+    "CpuKernels",
+    "dot_interaction",
+    "dot_interaction_backward",
+    "interaction_fits",
+    "load",
+    "optional",
+    "plan_batches",
+]
 
 _CHECKOUT_SRC = Path(__file__).resolve().parents[2] / "cpu_kernels"
 # A checkout (or editable install) reads the sources where they are; an installed wheel carries them in the package.
 _SRC_DIR = _CHECKOUT_SRC if _CHECKOUT_SRC.is_dir() else Path(__file__).resolve().parents[1] / "cpu_kernels"
-_SOURCES = ("embedding.c", "plan.c", "rows.c")  # one library
+_SOURCES = ("embedding.c", "plan.c", "rows.c", "interaction.c")  # one library
+_HEADERS = ("parallel.h",)  # included by the sources: part of the cache key
 # -std=c11 (not gnu11): no fused multiply-adds, as the twins and the CUDA kernels (--fmad=false)
 _FLAGS = ("-O3", "-march=native", "-std=c11", "-shared", "-fPIC", "-pthread")
 _OPTS = {"sgd": 0, "adagrad": 1, "rowwise_adagrad": 2, "adam": 3, "ftrl": 4}
@@ -107,7 +118,7 @@ def _build_and_load() -> None:
     global _LIB
     cc = _compiler()
     paths = [_SRC_DIR / name for name in _SOURCES]
-    srcs = [p.read_bytes() for p in paths]
+    srcs = [p.read_bytes() for p in [*paths, *(_SRC_DIR / name for name in _HEADERS)]]
     version = subprocess.run([cc, "--version"], capture_output=True, text=True, check=False).stdout
     key = hashlib.sha256(b"\0".join([*srcs, " ".join(_FLAGS).encode(), version.encode(), _cpu_id().encode()]))
     out = _cache_dir() / f"cpu_kernels-{key.hexdigest()[:16]}.so"
@@ -141,6 +152,10 @@ def _build_and_load() -> None:
     lib.plan_batches.restype = i64
     lib.init_uniform_fp32.argtypes = [ctypes.c_uint64, p, i64, ctypes.c_int, ctypes.c_int, ctypes.c_double, p, i64]
     lib.init_uniform_fp32.restype = None
+    sizes = [p, p, ctypes.c_int, ctypes.c_int, i64, ctypes.c_int]  # vectors, strides, F, d, batch, keep_first
+    lib.dot_interaction_fwd_fp32.argtypes = [*sizes, p, i64, ctypes.c_int]
+    lib.dot_interaction_bwd_fp32.argtypes = [*sizes, p, i64, p, ctypes.c_int]
+    lib.dot_interaction_fwd_fp32.restype = lib.dot_interaction_bwd_fp32.restype = ctypes.c_int
     _LIB = lib
 
 
@@ -148,8 +163,8 @@ _OPTIONAL: Any = False  # not decided yet
 
 
 def optional() -> ctypes.CDLL | None:
-    """The library for the numpy paths that have a C twin (planning, initial rows), or None: ``HIER_PS_KERNELS=torch``
-    or no library could be built (logged once). Decided once per process."""
+    """The library for the paths that have a C twin (planning, initial rows, the DLRM interaction), or None:
+    ``HIER_PS_KERNELS=torch`` or no library could be built (logged once). Decided once per process."""
     global _OPTIONAL
     if _OPTIONAL is False:
         lib = None
@@ -199,6 +214,75 @@ def plan_batches(
         raise MemoryError(f"plan_batches: out of memory for {n} occurrences")
     out["urows"], out["urow_counts"] = out["urows"][:pairs].copy(), out["urow_counts"][:pairs].copy()
     return out
+
+
+def interaction_fits(vecs: list[torch.Tensor]) -> bool:
+    """Whether :func:`dot_interaction` takes these vectors: at least two float32 CPU ``[B, d]`` tensors of one shape
+    with unit column stride."""
+    if len(vecs) < 2:
+        return False
+    shape = vecs[0].shape
+    return all(
+        v.device.type == "cpu" and v.dtype == torch.float32 and v.dim() == 2 and v.shape == shape and v.stride(1) == 1
+        for v in vecs
+    )
+
+
+def _vector_args(vecs: list[torch.Tensor]) -> tuple[Any, np.ndarray]:
+    """The vectors' data pointers (a C array) and row strides in floats (int64, kept alive by the caller)."""
+    ptrs = (ctypes.c_void_p * len(vecs))(*(v.data_ptr() for v in vecs))
+    return ptrs, np.array([v.stride(0) for v in vecs], np.int64)
+
+
+def dot_interaction(vecs: list[torch.Tensor], keep_first: bool) -> torch.Tensor:
+    """``[v_0 if keep_first, <v_i, v_j> for i < j in triu order]`` per example, float32[B, keep_first * d + pairs]
+    (``cpu_kernels/interaction.c``), for vectors that :func:`interaction_fits`.
+
+    Raises:
+        RuntimeError: the library cannot be built (:func:`load`).
+        MemoryError: a thread's scratch could not be allocated.
+    """
+    b, d = vecs[0].shape
+    f = len(vecs)
+    z = torch.empty(b, (d if keep_first else 0) + f * (f - 1) // 2)
+    ptrs, strides = _vector_args(vecs)
+    rc = load().dot_interaction_fwd_fp32(
+        ptrs, strides.ctypes.data, f, d, b, int(keep_first), z.data_ptr(), z.stride(0), torch.get_num_threads()
+    )
+    _check(rc, "dot_interaction_fwd_fp32")
+    return z
+
+
+def dot_interaction_backward(vecs: list[torch.Tensor], gz: torch.Tensor, keep_first: bool) -> torch.Tensor:
+    """The vectors' gradients, float32[F, B, d], from ``gz`` (laid out as :func:`dot_interaction`'s output)."""
+    b, d = vecs[0].shape
+    f = len(vecs)
+    gz = gz.to(torch.float32)
+    if gz.stride(1) != 1:
+        gz = gz.contiguous()
+    gv = torch.empty(f, b, d)
+    ptrs, strides = _vector_args(vecs)
+    rc = load().dot_interaction_bwd_fp32(
+        ptrs,
+        strides.ctypes.data,
+        f,
+        d,
+        b,
+        int(keep_first),
+        gz.data_ptr(),
+        gz.stride(0),
+        gv.data_ptr(),
+        torch.get_num_threads(),
+    )
+    _check(rc, "dot_interaction_bwd_fp32")
+    return gv
+
+
+def _check(rc: int, name: str) -> None:
+    if rc == -1:
+        raise MemoryError(f"{name}: out of memory for a thread's scratch")
+    if rc != 0:  # interaction_fits rules this out; a mismatch of source and loader would land here
+        raise RuntimeError(f"cpu kernel {name} refused its sizes (rc {rc})")
 
 
 def _ptr(t: torch.Tensor | None) -> int | None:

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from hier_ps.errors import ConfigError
-from hier_ps.models.layers import MLP, CTRModel, SlotProjector, check_sizes, most_common_dim, pairwise_dots
+from hier_ps.models.layers import MLP, CTRModel, SlotProjector, check_sizes, dot_interaction, most_common_dim
 
 __all__ = ["DLRM"]
 
@@ -71,8 +71,7 @@ class DLRM(CTRModel):
         """``[B, D]``, ``{s: [B, dim_s]}`` -> ``[B]`` or ``[B, T]``."""
         vecs = self.project.vectors(sparse)  # S x [B, d]
         if self.bottom is None:
-            z = pairwise_dots(torch.stack(vecs, dim=1), self.iu)
+            z = dot_interaction(vecs, self.iu, keep_first=False)
         else:
-            x = self.bottom(dense)  # [B, d]
-            z = torch.cat([x, pairwise_dots(torch.stack([x, *vecs], dim=1), self.iu)], dim=1)  # one stacking copy
+            z = dot_interaction([self.bottom(dense), *vecs], self.iu, keep_first=True)  # [x, dots]
         return self.logits(self.head(self.top(z)))

@@ -22,6 +22,7 @@ __all__ = [
     "SlotProjector",
     "check_positive_int",
     "check_sizes",
+    "dot_interaction",
     "fm_interaction",
     "most_common_dim",
     "pairwise_dots",
@@ -179,6 +180,65 @@ class _PairwiseDots(torch.autograd.Function):
         b, f, _ = v.shape
         padded = torch.cat([g, g.new_zeros(b, 1)], dim=1)  # column n_pairs: the diagonal's zero
         return torch.bmm(padded.index_select(1, sym).view(b, f, f), v), None, None
+
+
+def dot_interaction(vecs: Sequence[torch.Tensor], iu: torch.Tensor, *, keep_first: bool) -> torch.Tensor:
+    """DLRM's interaction of F vectors ``[B, d]``: ``[v_0, pairwise_dots]`` (``keep_first``) or the dots alone.
+
+    The same as ``pairwise_dots(torch.stack(vecs, 1), iu)`` after ``vecs[0]`` (``torch.cat``), which is what runs on
+    CUDA, in float64, or with ``HIER_PS_KERNELS=torch``. Float32 vectors on the CPU take one C kernel each way
+    (``cpu_kernels/interaction.c``): no stacking copy, bmm, gathers or concatenation, the vectors read where they
+    are. It agrees with the bmm path to rounding and gives the same bits with any number of threads.
+
+    Example:
+        >>> x, v = torch.ones(2, 3), torch.full((2, 3), 2.0)
+        >>> dot_interaction([x, v], torch.triu_indices(2, 2, offset=1), keep_first=True)
+        tensor([[1., 1., 1., 6.],
+                [1., 1., 1., 6.]])
+
+    Args:
+        vecs: F >= 2 vectors ``[B, d]``.
+        iu: ``torch.triu_indices(F, F, offset=1)`` (the C kernel computes the pairs in that order).
+        keep_first: put ``vecs[0]`` before the dots.
+
+    Returns:
+        ``[B, d + F*(F-1)/2]`` with ``keep_first``, else ``[B, F*(F-1)/2]``.
+    """
+    vecs = list(vecs)
+    from hier_ps.hbm import cpu_kernels  # the models import no tier at module load
+
+    if (
+        iu.shape[1] == len(vecs) * (len(vecs) - 1) // 2
+        and cpu_kernels.interaction_fits(vecs)
+        and cpu_kernels.optional()
+    ):
+        return _CDotInteraction.apply(keep_first, *vecs)
+    z = pairwise_dots(torch.stack(vecs, dim=1), iu)  # one stacking copy
+    return torch.cat([vecs[0], z], dim=1) if keep_first else z
+
+
+class _CDotInteraction(torch.autograd.Function):
+    """:func:`dot_interaction` by the C kernels: the forward writes ``[v_0, dots]`` in one pass, the backward every
+    vector's gradient (views of one ``[F, B, d]`` tensor)."""
+
+    @staticmethod
+    def forward(ctx: Any, keep_first: bool, *vecs: torch.Tensor) -> torch.Tensor:
+        from hier_ps.hbm import cpu_kernels
+
+        ctx.keep_first = keep_first
+        ctx.save_for_backward(*vecs)
+        return cpu_kernels.dot_interaction(list(vecs), keep_first)
+
+    @staticmethod
+    def backward(ctx: Any, gz: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        from hier_ps.hbm import cpu_kernels
+
+        vecs = ctx.saved_tensors
+        need = ctx.needs_input_grad[1:]
+        if not any(need):
+            return (None,) * (1 + len(vecs))
+        gv = cpu_kernels.dot_interaction_backward(list(vecs), gz, ctx.keep_first)
+        return (None, *(gv[f] if need[f] else None for f in range(len(vecs))))
 
 
 class CTRModel(nn.Module):
