@@ -118,6 +118,17 @@ def _bags(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     return offsets, _keys_of(values)
 
 
+def _row_major(cols: list[np.ndarray], n: int) -> np.ndarray:
+    """float32[n, len(cols)] from the columns, a block of rows at a time: column by column over the whole array
+    would stream it through the caches once per column."""
+    out = np.empty((n, len(cols)), np.float32)
+    step = max(1, 65536 // max(len(cols), 1))  # a block's rows: 256 KiB
+    for lo in range(0, n, step):
+        for j, c in enumerate(cols):
+            out[lo : lo + step, j] = c[lo : lo + step]
+    return out
+
+
 def _first(mask: np.ndarray) -> int:
     return int(np.argmax(mask))
 
@@ -322,20 +333,22 @@ class ParquetReader:
                 raise DataError(f"{path}: column {col!r}: label {v[bad]} outside [0, 1] at row {row_base + bad}")
             valid &= self._finite(finite, v, path, col, row_base)
             labels[:, j] = v
-        dense = np.empty((n, len(self.dense)), np.float32)
-        for j, col in enumerate(self.dense):
+        cols = []
+        for col in self.dense:
             arr = rb.column(col)
             if arr.null_count:
                 arr = arr.fill_null(0)
-            v = arr.to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
-            if self.dense_transform == "log1p":
-                with np.errstate(invalid="ignore"):
-                    v = np.sign(v) * np.log1p(np.abs(v))
+            v = arr.to_numpy(zero_copy_only=False)
+            if v.dtype != np.float32 or self.dense_transform != "none":  # float32 as it is: the same values
+                v = v.astype(np.float64, copy=False)
+                if self.dense_transform == "log1p":
+                    with np.errstate(invalid="ignore"):
+                        v = np.sign(v) * np.log1p(np.abs(v))
             with np.errstate(over="ignore"):
-                v32 = v.astype(np.float32)
+                v32 = v.astype(np.float32, copy=False)
             valid &= self._finite(np.isfinite(v32), v, path, col, row_base)
-            dense[:, j] = v32
-        return labels, dense, valid
+            cols.append(v32)
+        return labels, _row_major(cols, n), valid
 
     def _finite(self, finite: np.ndarray, v: np.ndarray, path: str, col: str, row_base: int) -> np.ndarray:
         if self.on_invalid == "error" and not finite.all():

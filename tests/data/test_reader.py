@@ -226,3 +226,36 @@ def test_log1p_transform_and_bad_arguments(tmp_path: Path) -> None:
         ParquetReader(str(f), **kw, dense_transform="log")
     with pytest.raises(ValueError, match="chunk_rows"):
         next(ParquetReader(str(f), **kw).iter_chunks(0))
+
+
+@pytest.mark.parametrize("transform", ["none", "log1p"])
+def test_dense_columns_of_every_type_in_row_blocks(tmp_path: Path, transform: str) -> None:
+    """More rows than one of the reader's row blocks: float32 columns taken as they are, others through float64
+    (an int64 past 2**24 rounds once, as float64 then float32), each column in its place in every block."""
+    n = 12_345
+    g = np.random.default_rng(3)
+    cols = {
+        "f32": g.standard_normal(n).astype(np.float32) * 100,
+        "i64": g.integers(-(2**40), 2**40, n),
+        "f64": g.standard_normal(n) * 1e3,
+    }
+    f = write(tmp_path / "d.parquet", row_group_size=n, y=pa.array(np.zeros(n, np.float32)), **cols)
+    c = read_all(ParquetReader(str(f), label=["y"], dense=list(cols), slots={}, dense_transform=transform), n)
+    want = np.empty((n, 3), np.float32)
+    for j, v in enumerate(cols.values()):
+        v = v.astype(np.float64)
+        if transform == "log1p":
+            v = np.sign(v) * np.log1p(np.abs(v))
+        want[:, j] = v.astype(np.float32)
+    assert c.dense.dtype == np.float32 and c.dense.flags.c_contiguous
+    np.testing.assert_array_equal(c.dense, want)
+
+
+def test_nan_in_a_float32_dense_column_is_named(tmp_path: Path) -> None:
+    x = np.ones(7000, np.float32)
+    x[6001] = np.nan
+    f = write(tmp_path / "n.parquet", row_group_size=7000, y=pa.array(np.zeros(7000, np.float32)), x=pa.array(x))
+    with pytest.raises(DataError, match=r"column 'x': NaN/inf at row 6001 \(value nan\)"):
+        read_all(ParquetReader(str(f), label=["y"], dense=["x"], slots={}), 7000)
+    c = read_all(ParquetReader(str(f), label=["y"], dense=["x"], slots={}, on_invalid="skip"), 7000)
+    assert len(c) == 6999 and np.isfinite(c.dense).all()
