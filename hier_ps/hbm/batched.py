@@ -149,6 +149,28 @@ class _Part:
     lengths: np.ndarray  # int64[k*B] bag sizes
     means: list[tuple[int, int, torch.Tensor]]  # (first bag, end bag, float32[hi-lo, 1] sizes) of each mean slot
     leaf: torch.Tensor | None = None  # float32[k*B, dim] pooled output of the last forward
+    views: tuple[torch.Tensor, ...] = ()  # its slots' blocks [B, dim], the leaves whose gradients _grad reads
+
+
+def _as_one(views: tuple[torch.Tensor, ...]) -> torch.Tensor | None:
+    """The slots' gradients as one [k*B, dim] tensor without a copy, when they are already consecutive blocks of
+    one storage (the DLRM's C interaction writes them so), else None."""
+    grads = [v.grad for v in views]
+    first = grads[0] if grads else None
+    if first is None or not first.is_contiguous():
+        return None
+    n, step = first.shape[0], first.numel() * first.element_size()
+    for i, g in enumerate(grads):
+        if (
+            g is None
+            or g.shape != first.shape
+            or g.dtype != first.dtype
+            or not g.is_contiguous()
+            or g.untyped_storage().data_ptr() != first.untyped_storage().data_ptr()
+            or g.data_ptr() != first.data_ptr() + i * step
+        ):
+            return None
+    return first.as_strided((n * len(grads), first.shape[1]), (first.shape[1], 1))
 
 
 class BatchLookup:
@@ -264,10 +286,12 @@ class BatchLookup:
                 pooled = p.group.kernels.pooled(p.group.emb, p.rows, p.offsets, None)
                 for lo, hi, size in p.means:
                     pooled[lo:hi].div_(size)
-            if requires_grad:
-                pooled.requires_grad_(True)
-                p.leaf = pooled
-            out.update(zip(p.slots, torch.split(pooled, self.batch), strict=True))
+            views = torch.split(pooled, self.batch)
+            if requires_grad:  # each slot's block a leaf of its own: no split backward to concatenate them
+                for v in views:
+                    v.requires_grad_(True)
+                p.leaf, p.views = pooled, views
+            out.update(zip(p.slots, views, strict=True))
         return out
 
     def _segments(self, p: _Part) -> tuple[torch.Tensor, torch.Tensor]:
@@ -297,12 +321,24 @@ class BatchLookup:
         """(pooled gradient, bag sizes for the kernel to divide by | None: already divided)."""
         if p.leaf is None:
             raise RuntimeError("BatchLookup: call forward(requires_grad=True) and backward first")
-        g = p.leaf.grad if p.leaf.grad is not None else torch.zeros_like(p.leaf)
+        g = _as_one(p.views)
         if p.group.fuses_div:
-            return g, p.div
-        for lo, hi, size in p.means:  # the leaf's gradient is ours alone: divide in place
+            return (g if g is not None else self._cat(p)), p.div
+        if g is not None:  # the model's tensor, not ours to change: the kernel divides the mean bags
+            if not p.means:
+                return g, None
+            div = torch.ones(len(g), device=g.device)
+            for lo, hi, size in p.means:
+                div[lo:hi] = size[:, 0]
+            return g, div
+        g = self._cat(p)
+        for lo, hi, size in p.means:  # the concatenation is ours alone: divide in place
             g[lo:hi].div_(size)
         return g, None
+
+    @staticmethod
+    def _cat(p: _Part) -> torch.Tensor:
+        return torch.cat([v.grad if v.grad is not None else torch.zeros_like(v) for v in p.views])
 
     def grads(self) -> list[torch.Tensor]:
         """Per group, the summed gradient float32[U, dim] of each unique row (for an all-reduce before

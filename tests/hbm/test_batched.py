@@ -206,3 +206,42 @@ def test_segments_from_the_plans_sort_equal_the_sorted_inverses() -> None:
         results.append({t: (ws.tables[t].emb.clone(), ws.tables[t].state.clone()) for t in DIMS})
     for t in DIMS:
         assert torch.equal(results[0][t][0], results[1][t][0]) and torch.equal(results[0][t][1], results[1][t][1])
+
+
+def test_slot_gradients_in_one_block_are_read_as_they_are(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A model whose backward leaves a group's slot gradients as consecutive blocks of one tensor (the DLRM's C
+    interaction does): the update reads that tensor without a copy, with the same result as the concatenation it
+    takes otherwise (a slot without a gradient reads as zeros)."""
+    from hier_ps.hbm import batched
+
+    taken: list[bool] = []
+    as_one = batched._as_one
+    monkeypatch.setattr(batched, "_as_one", lambda views: taken.append(as_one(views) is not None) or as_one(views))
+    blocks = torch.randn(4, B, 4, generator=torch.Generator().manual_seed(9))
+    given = blocks.clone()
+
+    class Blocks(torch.autograd.Function):
+        """A scalar of the four slots whose backward hands out the blocks of one tensor as their gradients."""
+
+        @staticmethod
+        def forward(ctx: object, *vs: torch.Tensor) -> torch.Tensor:
+            return torch.stack([v.sum() for v in vs]).sum()
+
+        @staticmethod
+        def backward(ctx: object, g: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            return tuple(blocks[i] for i in range(4))
+
+    after = []
+    for copied in (False, True):
+        ws, b, _ = _setup("adagrad", 3)
+        lk = BatchLookup(ws, b, SLOTS, POOLING)
+        pooled = lk.forward(requires_grad=True)
+        group = next(p for p in lk.parts if len(p.slots) == 4)  # tables a and b
+        ins = [pooled[s] * 1.0 if copied else pooled[s] for s in group.slots]  # * 1.0: gradients of their own
+        Blocks.apply(*ins).backward()  # s4 (table c) gets no gradient
+        lk.backward_update()
+        after.append({t: (ws.tables[t].emb.clone(), ws.tables[t].state.clone()) for t in DIMS})
+    assert taken == [True, False, False, False]  # group a+b, then c (no gradient); the copied run: neither
+    assert torch.equal(blocks, given)  # the model's tensor is read, not divided in place
+    for t in DIMS:
+        assert torch.equal(after[0][t][0], after[1][t][0]) and torch.equal(after[0][t][1], after[1][t][1])
