@@ -1,11 +1,20 @@
-"""The DLRM's pairwise dots, forward + backward: hier_ps's one-bmm backward vs autograd's own, side by side (CPU).
+"""The DLRM's interaction ``[x, dots of all vector pairs]``, forward + backward, three ways side by side (CPU).
 
-Both compute ``bmm(v, vᵀ)`` at the strict upper triangle's pairs; the baseline lets autograd differentiate that
-(two bmms and an add), ours is :func:`hier_ps.models.layers.pairwise_dots`. The two alternate ``--rounds`` times in
-one process; each round times ``--steps`` forward + backward passes of each.
+All three take F vectors ``[B, d]`` (the bottom MLP's output and the slots' pooled vectors, as the DLRM gets them)
+and give ``[x, dots]``:
+
+- ``autograd``: plain PyTorch: ``torch.stack``, ``bmm(v, vᵀ)`` at the strict upper triangle, ``torch.cat``, all
+  differentiated by autograd (two bmms and an add backward);
+- ``bmm``: :func:`hier_ps.models.layers.pairwise_dots` between the same stack and cat (one gather and one bmm
+  backward): what the DLRM runs on CUDA, in float64, or with ``HIER_PS_KERNELS=torch``;
+- ``C``: :func:`hier_ps.models.layers.dot_interaction`, the C kernels (``cpu_kernels/interaction.c``): what the DLRM
+  runs on the CPU in float32.
+
+The three alternate ``--rounds`` times in one process; each round times ``--steps`` forward + backward passes of
+each.
 
 Usage: ``python benchmarks/interaction_bench.py [--threads 1] [--batch 4096] [--vectors 27] [--dim 16]``; prints ms
-per forward + backward for each round and the ratio of the medians.
+per forward + backward for each round and the ratios of the medians.
 """
 
 from __future__ import annotations
@@ -13,10 +22,12 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from collections.abc import Callable
 
 import torch
 
-from hier_ps.models.layers import pairwise_dots
+from hier_ps.hbm import cpu_kernels
+from hier_ps.models.layers import dot_interaction, pairwise_dots
 
 
 def main() -> None:
@@ -33,32 +44,48 @@ def main() -> None:
     iu = torch.triu_indices(f, f, offset=1)
     flat = iu[0] * f + iu[1]
 
-    def autograd_dots(v: torch.Tensor) -> torch.Tensor:
-        return torch.bmm(v, v.transpose(1, 2)).flatten(1).index_select(1, flat)
+    def autograd(vs: list[torch.Tensor]) -> torch.Tensor:
+        v = torch.stack(vs, dim=1)
+        return torch.cat([vs[0], torch.bmm(v, v.transpose(1, 2)).flatten(1).index_select(1, flat)], dim=1)
 
-    def ours(v: torch.Tensor) -> torch.Tensor:
-        return pairwise_dots(v, iu)
+    def bmm(vs: list[torch.Tensor]) -> torch.Tensor:
+        return torch.cat([vs[0], pairwise_dots(torch.stack(vs, dim=1), iu)], dim=1)
+
+    def c(vs: list[torch.Tensor]) -> torch.Tensor:
+        return dot_interaction(vs, iu, keep_first=True)
+
+    sides: dict[str, Callable[[list[torch.Tensor]], torch.Tensor]] = {"autograd": autograd, "bmm": bmm}
+    if cpu_kernels.optional() is not None:
+        sides["C"] = c
+    else:
+        print("no C kernels here (no compiler, or HIER_PS_KERNELS=torch): autograd and bmm only")
 
     g = torch.Generator().manual_seed(0)
-    v = torch.randn(args.batch, f, args.dim, generator=g, requires_grad=True)
-    w = torch.randn(args.batch, iu.shape[1], generator=g)
+    whole = torch.randn(f * args.batch, args.dim, generator=g)  # one block per vector, as the pooled output is
+    vs = [t.requires_grad_(True) for t in (whole[i * args.batch : (i + 1) * args.batch].clone() for i in range(f))]
+    w = torch.randn(args.batch, args.dim + iu.shape[1], generator=g)
 
-    def ms(fn: object) -> float:
+    def ms(fn: Callable[[list[torch.Tensor]], torch.Tensor]) -> float:
         t0 = time.perf_counter()
         for _ in range(args.steps):
-            v.grad = None
-            (fn(v) * w).sum().backward()  # type: ignore[operator]
+            for v in vs:
+                v.grad = None
+            (fn(vs) * w).sum().backward()
         return (time.perf_counter() - t0) / args.steps * 1e3
 
-    ms(autograd_dots), ms(ours)  # warm-up
-    base, mine = [], []
+    for fn in sides.values():  # warm-up
+        ms(fn)
+    times: dict[str, list[float]] = {name: [] for name in sides}
     for r in range(args.rounds):
-        base.append(ms(autograd_dots))
-        mine.append(ms(ours))
-        print(f"round {r}: autograd {base[-1]:.2f} ms, hier_ps {mine[-1]:.2f} ms")
+        for name, fn in sides.items():
+            times[name].append(ms(fn))
+        print(f"round {r}: " + ", ".join(f"{name} {t[-1]:.2f} ms" for name, t in times.items()))
+    med = {name: statistics.median(t) for name, t in times.items()}
     print(
-        f"B {args.batch}, F {f}, d {args.dim}, {args.threads} thread(s): median autograd {statistics.median(base):.2f}"
-        f" ms, hier_ps {statistics.median(mine):.2f} ms, {statistics.median(base) / statistics.median(mine):.2f}x"
+        f"B {args.batch}, F {f}, d {args.dim}, {args.threads} thread(s), medians: "
+        + ", ".join(f"{name} {m:.2f} ms" for name, m in med.items())
+        + "; "
+        + ", ".join(f"autograd / {name} {med['autograd'] / med[name]:.2f}x" for name in med if name != "autograd")
     )
 
 
