@@ -3,9 +3,9 @@
 // cuda_kernels/embedding.cu's backward_*), and the row moves of a pass's load and push (move_rows_fp32).
 //
 // Each row's gradient is summed over its occurrences in segment order, element by element, then the row and its
-// state are updated in place: one pass over the rows and no [U, dim] temporary. Threads take disjoint ranges of rows
-// and each row is computed the same way whichever thread takes it: the same input gives the same bits, with any
-// number of threads. The arithmetic follows embedding.cu expression by expression, with no fused multiply-adds
+// state are updated in place: one pass over the rows and no [U, dim] temporary. Threads claim chunks of rows as they
+// go (parallel.h) and each row is computed the same way whichever thread takes it: the same input gives the same
+// bits, with any number of threads. The arithmetic follows embedding.cu expression by expression, with no fused multiply-adds
 // (built with -std=c11: -ffp-contract=off); the one difference is the row-wise mean, summed here left to right
 // (embedding.cu: a butterfly over lanes), so the two agree to rounding, not bit for bit.
 //
@@ -29,6 +29,8 @@ typedef struct {
 
 #define MAXD 512      // the loader falls back to the torch twin above this
 #define PF 16         // rows ahead to prefetch
+#define ROW_CHUNK 1024   // unique rows a thread of the backward claims at a time
+#define MOVE_CHUNK 4096  // rows a thread of a row move claims at a time
 
 typedef struct {
   int opt;
@@ -36,7 +38,7 @@ typedef struct {
   float* state;
   int state_w;
   const i64* urows;
-  i64 lo, hi;  // this task's unique rows [lo, hi)
+  Chunks* chunks;  // the unique rows, claimed ROW_CHUNK at a time by the call's threads
   const i64* seg;
   const i64* bags;
   const float* grad;
@@ -45,7 +47,7 @@ typedef struct {
   Hyper h;
 } Task;
 
-static void run(const Task* t) {
+static void run(const Task* t, i64 lo, i64 hi) {
   const int dim = t->dim, state_w = t->state_w, opt = t->opt;
   const Hyper h = t->h;
   float* restrict emb = t->emb;
@@ -56,8 +58,8 @@ static void run(const Task* t) {
   const float* restrict grad = t->grad;
   const float* restrict div = t->div;
   float g[MAXD];
-  for (i64 u = t->lo; u < t->hi; ++u) {
-    if (u + PF < t->hi) {
+  for (i64 u = lo; u < hi; ++u) {
+    if (u + PF < hi) {
       i64 pr = urows[u + PF];
       __builtin_prefetch(emb + pr * (i64)dim, 1);
       if (state_w) __builtin_prefetch(state + pr * (i64)state_w, 1);
@@ -121,24 +123,29 @@ static void run(const Task* t) {
 }
 
 static void* run_thread(void* arg) {
-  run((const Task*)arg);
+  const Task* t = (const Task*)arg;
+  i64 lo, hi;
+  while (next_chunk(t->chunks, &lo, &hi)) run(t, lo, hi);
   return 0;
 }
 
 // For each unique row u: g = sum over its occurrences j in [seg[u], seg[u+1]) (in order) of
 // grad[bags[j], :] / div[bags[j]], then one optimizer update of emb[urows[u]] and state[urows[u]] (urows distinct).
 // With seg = arange(U+1), bags = arange(U) and div = null this is the update alone with given sums g = grad.
-// Splits the rows into contiguous ranges of at least 4096, over at most n_threads threads (the caller's included).
+// At most n_threads threads (the caller's included; one per 4096 rows) claim the rows ROW_CHUNK at a time.
 // Returns 0, or -1 for dim > MAXD or an unknown opt (nothing is written then).
 int backward_update_fp32(int opt, float* emb, float* state, int state_w, const i64* urows, i64 n_unique,
                          const i64* seg, const i64* bags, const float* grad, const float* div, int dim,
                          const Hyper* h, int n_threads) {
   if (dim > MAXD || opt < SGD || opt > FTRL) return -1;
   n_threads = threads_for(n_unique, 4096, n_threads);  // small batches: one thread
+  Chunks chunks;
+  atomic_init(&chunks.next, 0);
+  chunks.n = n_unique;
+  chunks.chunk = ROW_CHUNK;
   Task tasks[MAXTHREADS];
   for (int k = 0; k < n_threads; ++k) {
-    Task t = {opt, emb, state, state_w, urows, n_unique * k / n_threads, n_unique * (k + 1) / n_threads,
-              seg, bags, grad, div, dim, *h};
+    Task t = {opt, emb, state, state_w, urows, &chunks, seg, bags, grad, div, dim, *h};
     tasks[k] = t;
   }
   run_parallel(run_thread, (char*)tasks, sizeof(Task), n_threads);
@@ -150,17 +157,17 @@ typedef struct {
   const i64* dst_idx;
   const float* src;
   const i64* src_idx;
-  i64 lo, hi;
+  Chunks* chunks;  // the rows, claimed MOVE_CHUNK at a time
   int width;
 } Move;
 
-static void move_range(const Move* m) {
+static void move_range(const Move* m, i64 lo, i64 hi) {
   const int width = m->width;
   const i64* restrict di = m->dst_idx;
   const i64* restrict si = m->src_idx;
-  for (i64 i = m->lo; i < m->hi; ++i) {
-    if (si != 0 && i + PF < m->hi) __builtin_prefetch(m->src + si[i + PF] * (i64)width, 0);
-    if (di != 0 && i + PF < m->hi) __builtin_prefetch(m->dst + di[i + PF] * (i64)width, 1);
+  for (i64 i = lo; i < hi; ++i) {
+    if (si != 0 && i + PF < hi) __builtin_prefetch(m->src + si[i + PF] * (i64)width, 0);
+    if (di != 0 && i + PF < hi) __builtin_prefetch(m->dst + di[i + PF] * (i64)width, 1);
     const float* restrict s = m->src + (si != 0 ? si[i] : i) * (i64)width;
     float* restrict d = m->dst + (di != 0 ? di[i] : i) * (i64)width;
     for (int k = 0; k < width; ++k) d[k] = s[k];
@@ -168,19 +175,25 @@ static void move_range(const Move* m) {
 }
 
 static void* move_thread(void* arg) {
-  move_range((const Move*)arg);
+  const Move* m = (const Move*)arg;
+  i64 lo, hi;
+  while (next_chunk(m->chunks, &lo, &hi)) move_range(m, lo, hi);
   return 0;
 }
 
 // dst[dst_idx[i], :] = src[src_idx[i], :] for i in [0, n), rows of `width` floats; a null index means i itself (a
 // contiguous side). The destination rows must be distinct (they are: a working set's positions or fresh rows).
-// Splits the rows into ranges of at least 16384, over at most n_threads threads. Returns 0.
+// At most n_threads threads (one per 16384 rows) claim the rows MOVE_CHUNK at a time. Returns 0.
 int move_rows_fp32(float* dst, const i64* dst_idx, const float* src, const i64* src_idx, i64 n, int width,
                    int n_threads) {
   n_threads = threads_for(n, 16384, n_threads);
+  Chunks chunks;
+  atomic_init(&chunks.next, 0);
+  chunks.n = n;
+  chunks.chunk = MOVE_CHUNK;
   Move moves[MAXTHREADS];
   for (int k = 0; k < n_threads; ++k) {
-    Move m = {dst, dst_idx, src, src_idx, n * k / n_threads, n * (k + 1) / n_threads, width};
+    Move m = {dst, dst_idx, src, src_idx, &chunks, width};
     moves[k] = m;
   }
   run_parallel(move_thread, (char*)moves, sizeof(Move), n_threads);

@@ -24,12 +24,13 @@ typedef int64_t i64;
 #define LANES 16  // examples at once
 #define JB 4      // forward: pairs at once
 #define KB 8      // backward: gradient columns at once
+#define CHUNK 64  // examples a thread claims at a time (a multiple of LANES)
 
 typedef struct {
   const float* const* vecs;
   const i64* strides;
   int n_vec, dim, keep_first;
-  i64 lo, hi;        // this task's examples
+  Chunks* chunks;    // the examples, claimed CHUNK at a time by the call's threads
   float* out;        // forward: z [batch, keep_first * dim + pairs]; backward: g_v [n_vec, batch, dim]
   const float* gz;   // backward: g_z, same layout as z
   i64 out_stride, batch;
@@ -56,38 +57,41 @@ static void* forward_range(void* arg) {
     t->failed = 1;
     return 0;
   }
-  for (i64 b0 = t->lo; b0 < t->hi; b0 += LANES) {
-    const int n = t->hi - b0 < LANES ? (int)(t->hi - b0) : LANES;
-    load_block(t, b0, n, x);
-    float* restrict z = t->out + b0 * t->out_stride;
-    if (t->keep_first) {
-      for (int l = 0; l < n; ++l) {
-        memcpy(z + l * t->out_stride, t->vecs[0] + (b0 + l) * t->strides[0], sizeof(float) * (size_t)d);
+  i64 lo, hi;
+  while (next_chunk(t->chunks, &lo, &hi)) {
+    for (i64 b0 = lo; b0 < hi; b0 += LANES) {
+      const int n = hi - b0 < LANES ? (int)(hi - b0) : LANES;
+      load_block(t, b0, n, x);
+      float* restrict z = t->out + b0 * t->out_stride;
+      if (t->keep_first) {
+        for (int l = 0; l < n; ++l) {
+          memcpy(z + l * t->out_stride, t->vecs[0] + (b0 + l) * t->strides[0], sizeof(float) * (size_t)d);
+        }
       }
-    }
-    i64 p = first;
-    for (int i = 0; i + 1 < nv; ++i) {
-      const float* restrict xi = x + (i64)i * d * LANES;
-      int j = i + 1;
-      for (; j + JB <= nv; j += JB, p += JB) {  // JB pairs (i, j..) at once: each load of v_i serves JB products
-        float acc[JB][LANES] = {{0}};
-        for (int k = 0; k < d; ++k) {
-          for (int jj = 0; jj < JB; ++jj) {
-            const float* restrict xj = x + ((i64)(j + jj) * d + k) * LANES;
-            for (int l = 0; l < LANES; ++l) acc[jj][l] += xi[k * LANES + l] * xj[l];
+      i64 p = first;
+      for (int i = 0; i + 1 < nv; ++i) {
+        const float* restrict xi = x + (i64)i * d * LANES;
+        int j = i + 1;
+        for (; j + JB <= nv; j += JB, p += JB) {  // JB pairs (i, j..) at once: each load of v_i serves JB products
+          float acc[JB][LANES] = {{0}};
+          for (int k = 0; k < d; ++k) {
+            for (int jj = 0; jj < JB; ++jj) {
+              const float* restrict xj = x + ((i64)(j + jj) * d + k) * LANES;
+              for (int l = 0; l < LANES; ++l) acc[jj][l] += xi[k * LANES + l] * xj[l];
+            }
+          }
+          for (int l = 0; l < n; ++l) {
+            for (int jj = 0; jj < JB; ++jj) z[l * t->out_stride + p + jj] = acc[jj][l];
           }
         }
-        for (int l = 0; l < n; ++l) {
-          for (int jj = 0; jj < JB; ++jj) z[l * t->out_stride + p + jj] = acc[jj][l];
+        for (; j < nv; ++j, ++p) {
+          const float* restrict xj = x + (i64)j * d * LANES;
+          float acc[LANES] = {0};
+          for (int k = 0; k < d; ++k) {
+            for (int l = 0; l < LANES; ++l) acc[l] += xi[k * LANES + l] * xj[k * LANES + l];
+          }
+          for (int l = 0; l < n; ++l) z[l * t->out_stride + p] = acc[l];
         }
-      }
-      for (; j < nv; ++j, ++p) {
-        const float* restrict xj = x + (i64)j * d * LANES;
-        float acc[LANES] = {0};
-        for (int k = 0; k < d; ++k) {
-          for (int l = 0; l < LANES; ++l) acc[l] += xi[k * LANES + l] * xj[k * LANES + l];
-        }
-        for (int l = 0; l < n; ++l) z[l * t->out_stride + p] = acc[l];
       }
     }
   }
@@ -112,41 +116,44 @@ static void* backward_range(void* arg) {
     pair[(i64)i * nv + i] = -1;
     for (int j = i + 1; j < nv; ++j, ++p) pair[(i64)i * nv + j] = pair[(i64)j * nv + i] = p;
   }
-  for (i64 b0 = t->lo; b0 < t->hi; b0 += LANES) {
-    const int n = t->hi - b0 < LANES ? (int)(t->hi - b0) : LANES;
-    load_block(t, b0, n, x);
-    if (n < LANES) memset(g, 0, sizeof(float) * (size_t)pairs * LANES);
-    for (int l = 0; l < n; ++l) {
-      const float* restrict gz = t->gz + (b0 + l) * t->out_stride + first;
-      for (i64 p = 0; p < pairs; ++p) g[p * LANES + l] = gz[p];
-    }
-    for (int f = 0; f < nv; ++f) {
-      float* restrict out = t->out + ((i64)f * t->batch + b0) * d;
-      for (int k0 = 0; k0 < d; k0 += KB) {
-        const int kb = d - k0 < KB ? d - k0 : KB;
-        float a[KB][LANES] = {{0}};
-        if (t->keep_first && f == 0) {
+  i64 lo, hi;
+  while (next_chunk(t->chunks, &lo, &hi)) {
+    for (i64 b0 = lo; b0 < hi; b0 += LANES) {
+      const int n = hi - b0 < LANES ? (int)(hi - b0) : LANES;
+      load_block(t, b0, n, x);
+      if (n < LANES) memset(g, 0, sizeof(float) * (size_t)pairs * LANES);
+      for (int l = 0; l < n; ++l) {
+        const float* restrict gz = t->gz + (b0 + l) * t->out_stride + first;
+        for (i64 p = 0; p < pairs; ++p) g[p * LANES + l] = gz[p];
+      }
+      for (int f = 0; f < nv; ++f) {
+        float* restrict out = t->out + ((i64)f * t->batch + b0) * d;
+        for (int k0 = 0; k0 < d; k0 += KB) {
+          const int kb = d - k0 < KB ? d - k0 : KB;
+          float a[KB][LANES] = {{0}};
+          if (t->keep_first && f == 0) {
+            for (int l = 0; l < n; ++l) {
+              const float* restrict gz = t->gz + (b0 + l) * t->out_stride + k0;
+              for (int kk = 0; kk < kb; ++kk) a[kk][l] = gz[kk];
+            }
+          }
+          for (int j = 0; j < nv; ++j) {
+            if (j == f) continue;
+            const float* restrict gp = g + pair[(i64)f * nv + j] * LANES;
+            const float* restrict xj = x + ((i64)j * d + k0) * LANES;
+            if (kb == KB) {  // a whole block: fixed trip counts, the accumulators stay in registers
+              for (int kk = 0; kk < KB; ++kk) {
+                for (int l = 0; l < LANES; ++l) a[kk][l] += gp[l] * xj[kk * LANES + l];
+              }
+            } else {
+              for (int kk = 0; kk < kb; ++kk) {
+                for (int l = 0; l < LANES; ++l) a[kk][l] += gp[l] * xj[kk * LANES + l];
+              }
+            }
+          }
           for (int l = 0; l < n; ++l) {
-            const float* restrict gz = t->gz + (b0 + l) * t->out_stride + k0;
-            for (int kk = 0; kk < kb; ++kk) a[kk][l] = gz[kk];
+            for (int kk = 0; kk < kb; ++kk) out[(i64)l * d + k0 + kk] = a[kk][l];
           }
-        }
-        for (int j = 0; j < nv; ++j) {
-          if (j == f) continue;
-          const float* restrict gp = g + pair[(i64)f * nv + j] * LANES;
-          const float* restrict xj = x + ((i64)j * d + k0) * LANES;
-          if (kb == KB) {  // a whole block: fixed trip counts, the accumulators stay in registers
-            for (int kk = 0; kk < KB; ++kk) {
-              for (int l = 0; l < LANES; ++l) a[kk][l] += gp[l] * xj[kk * LANES + l];
-            }
-          } else {
-            for (int kk = 0; kk < kb; ++kk) {
-              for (int l = 0; l < LANES; ++l) a[kk][l] += gp[l] * xj[kk * LANES + l];
-            }
-          }
-        }
-        for (int l = 0; l < n; ++l) {
-          for (int kk = 0; kk < kb; ++kk) out[(i64)l * d + k0 + kk] = a[kk][l];
         }
       }
     }
@@ -160,10 +167,13 @@ static int run(void* (*fn)(void*), const float* const* vecs, const i64* strides,
                int keep_first, float* out, const float* gz, i64 out_stride, int n_threads) {
   if (n_vec < 2 || dim < 1 || batch < 0) return -2;
   n_threads = threads_for(batch, 256, n_threads);  // at least 256 examples a thread
+  Chunks chunks;
+  atomic_init(&chunks.next, 0);
+  chunks.n = batch;
+  chunks.chunk = CHUNK;
   Job jobs[MAXTHREADS];
   for (int k = 0; k < n_threads; ++k) {
-    Job j = {vecs, strides, n_vec, dim, keep_first, batch * k / n_threads, batch * (k + 1) / n_threads,
-             out, gz, out_stride, batch, 0};
+    Job j = {vecs, strides, n_vec, dim, keep_first, &chunks, out, gz, out_stride, batch, 0};
     jobs[k] = j;
   }
   run_parallel(fn, (char*)jobs, sizeof(Job), n_threads);

@@ -1,10 +1,12 @@
 // The one parallel-for of the CPU kernels: split n items into ranges of at least min_per items over at most `want`
-// threads (threads_for), then run one task per range (run_parallel). Included by each kernel file (static, so each
-// translation unit has its own copy and the library exports none of it).
+// threads (threads_for), then run one task per range (run_parallel); or let the threads claim chunks of the items
+// (next_chunk). Included by each kernel file (static, so each translation unit has its own copy and the library
+// exports none of it).
 #ifndef HIER_PS_PARALLEL_H
 #define HIER_PS_PARALLEL_H
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -32,6 +34,23 @@ static void run_parallel(void* (*fn)(void*), char* tasks, size_t size, int n) {
       fn(tasks + k * size);
     }
   }
+}
+
+// Items [0, n) shared by the threads of one call in chunks of `chunk`: each thread claims the next chunk until none
+// is left, so a thread that the OS holds back (the core busy with other work) leaves its share to the others, where
+// fixed ranges would make the call wait for it.
+typedef struct {
+  atomic_llong next;
+  int64_t n, chunk;
+} Chunks;
+
+// Claims the next chunk [*lo, *hi); 0 when none is left.
+static int next_chunk(Chunks* c, int64_t* lo, int64_t* hi) {
+  const int64_t a = (int64_t)atomic_fetch_add(&c->next, 1) * c->chunk;
+  if (a >= c->n) return 0;
+  *lo = a;
+  *hi = a + c->chunk < c->n ? a + c->chunk : c->n;
+  return 1;
 }
 
 #endif
