@@ -216,3 +216,38 @@ def test_the_c_planner_plans_as_numpy_on_larger_passes(seed: int) -> None:
     want = _numpy_plan(chunk, slot_tables, 128, 0, admit=admit, admission_tables={"U"})
     assert got.rejected["U"][1] > 0  # occurrences at the null row
     _assert_same_plan(got, want)
+
+
+@pytest.mark.parametrize("ascending", [True, False])
+def test_the_c_planner_by_batch_and_by_whole_pass_sorts_agree(ascending: bool) -> None:
+    """The C planner's two ways (batch by batch where each slot's occurrences ascend by batch, as a pass's do; two
+    whole-pass sorts otherwise) against the definition: occurrences sorted by (batch, row), ties in occurrence
+    order."""
+    if plan_mod._c_planner() is None:
+        pytest.skip("no C planner here (no compiler)")
+    from hier_ps.hbm import cpu_kernels
+
+    rng = np.random.default_rng(4)
+    bounds = np.array([0, 3000, 3001, 7000, 7000, 9000], np.int64)  # an empty slot, a one-occurrence slot
+    n, n_rows, n_batches = int(bounds[-1]), 70_000, 9  # rows past 2**16: three radix digits
+    loc = rng.integers(0, n_rows, n)
+    loc[rng.random(n) < 0.2] = 5  # a hot row
+    example = rng.integers(0, 900, n)
+    if ascending:
+        for s in range(len(bounds) - 1):
+            example[bounds[s] : bounds[s + 1]].sort()
+    batch = example // 100
+    got = cpu_kernels.plan_batches(loc, batch, example, n_rows, n_batches, bounds)
+    perm = np.lexsort((np.arange(n), loc, batch))
+    pair = batch[perm] * n_rows + loc[perm]
+    first = np.r_[True, pair[1:] != pair[:-1]]
+    pairs = pair[first]
+    assert np.array_equal(got["urows"], pairs % n_rows)
+    assert np.array_equal(got["urow_counts"], np.diff(np.r_[np.flatnonzero(first), n]))
+    assert np.array_equal(got["urow_offsets"], np.searchsorted(pairs // n_rows, np.arange(n_batches + 1)))
+    assert np.array_equal(got["occ_offsets"], np.searchsorted(batch[perm], np.arange(n_batches + 1)))
+    assert np.array_equal(got["sorted_example"], example[perm])
+    assert np.array_equal(got["sorted_slot"], np.searchsorted(bounds, perm, side="right") - 1)
+    rel = np.empty(n, np.int64)
+    rel[perm] = np.cumsum(first) - 1 - got["urow_offsets"][batch[perm]]
+    assert np.array_equal(got["rel"], rel)
