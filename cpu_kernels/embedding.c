@@ -5,9 +5,9 @@
 // Each row's gradient is summed over its occurrences in segment order, element by element, then the row and its
 // state are updated in place: one pass over the rows and no [U, dim] temporary. Threads claim chunks of rows as they
 // go (parallel.h) and each row is computed the same way whichever thread takes it: the same input gives the same
-// bits, with any number of threads. The arithmetic follows embedding.cu expression by expression, with no fused multiply-adds
-// (built with -std=c11: -ffp-contract=off); the one difference is the row-wise mean, summed here left to right
-// (embedding.cu: a butterfly over lanes), so the two agree to rounding, not bit for bit.
+// bits, with any number of threads. The arithmetic follows embedding.cu expression by expression, with no fused
+// multiply-adds (built with -std=c11: -ffp-contract=off); the one difference is the row-wise mean, summed here left
+// to right (embedding.cu: a butterfly over lanes), so the two agree to rounding, not bit for bit.
 //
 // Rows are random in a table far larger than the caches, so the loop prefetches the rows PF iterations ahead.
 //
