@@ -7,12 +7,14 @@ Custom models may derive from it too, but need not: the trainer only needs the `
 
 from __future__ import annotations
 
+import contextlib
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 from hier_ps.errors import ConfigError
 
@@ -20,6 +22,7 @@ __all__ = [
     "MLP",
     "CTRModel",
     "SlotProjector",
+    "bmm_interaction",
     "check_positive_int",
     "check_sizes",
     "dot_interaction",
@@ -207,14 +210,34 @@ def dot_interaction(vecs: Sequence[torch.Tensor], iu: torch.Tensor, *, keep_firs
     vecs = list(vecs)
     from hier_ps.hbm import cpu_kernels  # the models import no tier at module load
 
-    if (
-        iu.shape[1] == len(vecs) * (len(vecs) - 1) // 2
-        and cpu_kernels.interaction_fits(vecs)
-        and cpu_kernels.optional()
-    ):
+    if _C_INTERACTION and cpu_kernels.interaction_fits(vecs) and _is_triu(iu, len(vecs)) and cpu_kernels.optional():
         return _CDotInteraction.apply(keep_first, *vecs)
     z = pairwise_dots(torch.stack(vecs, dim=1), iu)  # one stacking copy
     return torch.cat([vecs[0], z], dim=1) if keep_first else z
+
+
+_TRIU: dict[int, torch.Tensor] = {}
+_C_INTERACTION = True  # False inside bmm_interaction()
+
+
+@contextlib.contextmanager
+def bmm_interaction() -> Iterator[None]:
+    """Within it, :func:`dot_interaction` takes the bmm path on the CPU too (for comparisons: e2e_bench runs its
+    PyTorch baselines both ways and keeps the faster)."""
+    global _C_INTERACTION
+    before, _C_INTERACTION = _C_INTERACTION, False
+    try:
+        yield
+    finally:
+        _C_INTERACTION = before
+
+
+def _is_triu(iu: torch.Tensor, f: int) -> bool:
+    """Whether ``iu`` is ``torch.triu_indices(f, f, offset=1)``, the pair order of the C kernel."""
+    if f not in _TRIU:
+        _TRIU[f] = torch.triu_indices(f, f, offset=1)
+    want = _TRIU[f]
+    return iu.device.type == "cpu" and iu.shape == want.shape and torch.equal(iu, want)
 
 
 class _CDotInteraction(torch.autograd.Function):
@@ -230,6 +253,7 @@ class _CDotInteraction(torch.autograd.Function):
         return cpu_kernels.dot_interaction(list(vecs), keep_first)
 
     @staticmethod
+    @once_differentiable  # the C backward is not differentiable itself: a second derivative raises
     def backward(ctx: Any, gz: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         from hier_ps.hbm import cpu_kernels
 

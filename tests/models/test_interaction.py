@@ -112,3 +112,16 @@ def test_dlrm_with_the_kernel_agrees_with_the_bmm_path(monkeypatch: pytest.Monke
     assert calls == [1]  # the second forward took the bmm path
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(g_got, g_want, rtol=1e-5, atol=1e-6)
+
+
+def test_another_pair_order_or_a_second_derivative_is_not_the_kernels() -> None:
+    vecs = _vectors(6, 3, 2, 8, 0)
+    iu = torch.triu_indices(3, 3, offset=1)[:, [2, 0, 1]]  # the pairs in another order: the bmm path follows it
+    want = pairwise_dots(torch.stack(vecs, 1), iu)
+    assert torch.equal(dot_interaction(vecs, iu, keep_first=False), want)
+    v = [x.clone().requires_grad_(True) for x in vecs]
+    z = dot_interaction(v, torch.triu_indices(3, 3, offset=1), keep_first=False)
+    w = torch.ones_like(z, requires_grad=True)  # a gradient that itself needs one: a second derivative
+    (g,) = torch.autograd.grad((z * w).sum(), v[0], create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable"):
+        g.sum().backward()
