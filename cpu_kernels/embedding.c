@@ -140,9 +140,7 @@ int backward_update_fp32(int opt, float* emb, float* state, int state_w, const i
   if (dim > MAXD || opt < SGD || opt > FTRL) return -1;
   n_threads = threads_for(n_unique, 4096, n_threads);  // small batches: one thread
   Chunks chunks;
-  atomic_init(&chunks.next, 0);
-  chunks.n = n_unique;
-  chunks.chunk = ROW_CHUNK;
+  chunks_init(&chunks, n_unique, ROW_CHUNK);
   Task tasks[MAXTHREADS];
   for (int k = 0; k < n_threads; ++k) {
     Task t = {opt, emb, state, state_w, urows, &chunks, seg, bags, grad, div, dim, *h};
@@ -188,9 +186,7 @@ int move_rows_fp32(float* dst, const i64* dst_idx, const float* src, const i64* 
                    int n_threads) {
   n_threads = threads_for(n, 16384, n_threads);
   Chunks chunks;
-  atomic_init(&chunks.next, 0);
-  chunks.n = n;
-  chunks.chunk = MOVE_CHUNK;
+  chunks_init(&chunks, n, MOVE_CHUNK);
   Move moves[MAXTHREADS];
   for (int k = 0; k < n_threads; ++k) {
     Move m = {dst, dst_idx, src, src_idx, &chunks, width};

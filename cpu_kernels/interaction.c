@@ -168,9 +168,7 @@ static int run(void* (*fn)(void*), const float* const* vecs, const i64* strides,
   if (n_vec < 2 || dim < 1 || batch < 0) return -2;
   n_threads = threads_for(batch, 256, n_threads);  // at least 256 examples a thread
   Chunks chunks;
-  atomic_init(&chunks.next, 0);
-  chunks.n = batch;
-  chunks.chunk = CHUNK;
+  chunks_init(&chunks, batch, CHUNK);
   Job jobs[MAXTHREADS];
   for (int k = 0; k < n_threads; ++k) {
     Job j = {vecs, strides, n_vec, dim, keep_first, &chunks, out, gz, out_stride, batch, 0};

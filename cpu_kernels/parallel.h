@@ -44,6 +44,12 @@ typedef struct {
   int64_t n, chunk;
 } Chunks;
 
+static void chunks_init(Chunks* c, int64_t n, int64_t chunk) {
+  atomic_init(&c->next, 0);
+  c->n = n;
+  c->chunk = chunk;
+}
+
 // Claims the next chunk [*lo, *hi); 0 when none is left.
 static int next_chunk(Chunks* c, int64_t* lo, int64_t* hi) {
   const int64_t a = (int64_t)atomic_fetch_add(&c->next, 1) * c->chunk;
