@@ -30,12 +30,6 @@ static int slot_of(const i64* bounds, int n_slots, i64 i) {
   return lo;
 }
 
-// Inputs, per occurrence i in [0, n): loc[i] in [0, n_rows) its row, batch[i] in [0, n_batches) its batch,
-// example[i] its example in the pass; bounds[0..n_slots] the occurrences' slot boundaries (slot s owns
-// [bounds[s], bounds[s+1])).
-// Outputs (caller-allocated): urow_offsets[n_batches+1], urows[n] and urow_counts[n] (the first n_pairs used),
-// occ_offsets[n_batches+1], sorted_slot[n], sorted_example[n], rel[n] (each occurrence's position among its batch's
-// unique rows). Returns n_pairs, or -1 when out of memory (nothing usable is written then).
 static i64 by_batch(const i64* loc, const i64* batch, const i64* example, i64 n_rows, i64 n_batches,
                     const i64* bounds, int n_slots, i64* urow_offsets, i64* urows, i64* urow_counts,
                     i64* occ_offsets, int16_t* sorted_slot, int32_t* sorted_example, i64* rel);
@@ -50,13 +44,19 @@ static int batches_ascend(const i64* batch, const i64* bounds, int n_slots) {
   return 1;
 }
 
+// Inputs, per occurrence i in [0, n): loc[i] in [0, n_rows) its row, batch[i] in [0, n_batches) its batch,
+// example[i] its example in the pass; bounds[0..n_slots] the occurrences' slot boundaries (slot s owns
+// [bounds[s], bounds[s+1])).
+// Outputs (caller-allocated): urow_offsets[n_batches+1], urows[n] and urow_counts[n] (the first n_pairs used),
+// occ_offsets[n_batches+1], sorted_slot[n], sorted_example[n], rel[n] (each occurrence's position among its batch's
+// unique rows). Returns n_pairs, or -1 when out of memory (nothing usable is written then).
 i64 plan_batches(const i64* loc, const i64* batch, const i64* example, i64 n, i64 n_rows, i64 n_batches,
                  const i64* bounds, int n_slots, i64* urow_offsets, i64* urows, i64* urow_counts, i64* occ_offsets,
                  int16_t* sorted_slot, int32_t* sorted_example, i64* rel) {
   if (n_slots <= MAX_SLOTS && batches_ascend(batch, bounds, n_slots)) {
     i64 pairs = by_batch(loc, batch, example, n_rows, n_batches, bounds, n_slots, urow_offsets, urows, urow_counts,
                          occ_offsets, sorted_slot, sorted_example, rel);
-    if (pairs != -2) return pairs;  // -2: its scratch could not be allocated; the two sorts below need less
+    if (pairs != -2) return pairs;  // -2: its scratch could not be allocated; the whole-pass sorts try theirs
   }
   i64* start = calloc((size_t)(n_rows > n_batches ? n_rows : n_batches) + 1, sizeof(i64));
   i64* by_row = malloc(sizeof(i64) * (size_t)(n > 0 ? n : 1));

@@ -327,7 +327,7 @@ class BatchLookup:
         if g is not None:  # the model's tensor, not ours to change: the kernel divides the mean bags
             if not p.means:
                 return g, None
-            div = torch.ones(len(g), device=g.device)
+            div = torch.ones(len(g), dtype=torch.float32, device=g.device)
             for lo, hi, size in p.means:
                 div[lo:hi] = size[:, 0]
             return g, div
