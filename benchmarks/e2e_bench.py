@@ -33,6 +33,11 @@ What each side's number includes:
   training loop only, its inputs (indices and offsets of all slots, table-batched) built before timing. Skipped when
   fbgemm-gpu-cpu is not installed (``pip install fbgemm-gpu-cpu==1.8.0``).
 
+All sides run in one process, under one OpenMP setting: hier_ps, imported before torch, sets ``GOMP_SPINCOUNT=20000``
+(libgomp's idle workers spin 20,000 rounds instead of 300,000) unless the environment sets it or ``OMP_WAIT_POLICY``;
+``GOMP_SPINCOUNT=300000`` in the environment runs everything at libgomp's own default. The JSON's ``gomp_spincount``
+says which held.
+
 With ``--repeats N`` the sides run in N alternating rounds (ours, ours with the small cache, PyTorch, PyTorch with
 bmm, PyTorch reading, PyTorch reading with bmm, FBGEMM, then again) and each side's median is reported: the machine
 is shared, and alternating spreads slow spells over all sides.
@@ -45,16 +50,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import tempfile
 import time
 from pathlib import Path
 
+# isort: off
+import hier_ps as hp  # before torch: hier_ps's OpenMP spin default then holds for every side (see the docstring)
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-import hier_ps as hp
+# isort: on
 from hier_ps.data import ParquetReader, generate_synthetic
 from hier_ps.models import build_model
 from hier_ps.models.layers import bmm_interaction
@@ -292,6 +300,8 @@ def main() -> None:
     res = {
         "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch "
         f"{torch.__version__}",
+        "gomp_spincount": os.environ.get("GOMP_SPINCOUNT"),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
         "rows": args.rows,
         "repeats": args.repeats,
         "passes": ours["passes"],

@@ -5,12 +5,23 @@ the pass's working set of keys is found, its rows are loaded once into HBM, and 
 rows flow back down. Entry points: :func:`load_config`, :class:`Trainer`, :func:`build_model`, :func:`export_run`,
 :class:`Predictor`, the ``hier-ps`` CLI.
 
-Importing this package does no work: no device, disk or network is touched until a Trainer is made.
+Importing this package does no work: no device, disk or network is touched until a Trainer is made. Imported before
+torch, it sets a shorter OpenMP spin (``GOMP_SPINCOUNT``, see below) unless the environment sets one.
 """
 
 from __future__ import annotations
 
+import os
+import sys
 from typing import TYPE_CHECKING, Any
+
+# torch's CPU thread pool is GNU OpenMP, whose idle workers spin for 300,000 rounds after each parallel region before
+# they sleep. On a CPU device the pipeline's threads (read, plan, pull, push) and the C kernels' threads need those
+# cores between the train step's ops; a shorter spin gave the whole e2e_bench run about 7% on 2 cores and did not slow
+# the PyTorch baseline (benchmarks/RESULTS.md). libgomp reads it once, when torch loads: so only before that, and only
+# where the user chose no wait policy of their own.
+if "torch" not in sys.modules and "GOMP_SPINCOUNT" not in os.environ and "OMP_WAIT_POLICY" not in os.environ:
+    os.environ["GOMP_SPINCOUNT"] = "20000"
 
 from hier_ps.config import Config, load_config
 from hier_ps.errors import ConfigError, DataError, ExportError, HierPSError, StoreError, StoreLockedError
