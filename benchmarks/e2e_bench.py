@@ -28,6 +28,8 @@ What each side's number includes:
   (``bmm_interaction()``, ``pytorch_bmm`` and ``pytorch_reading_bmm`` in the JSON) and is reported at the faster of
   the two (named after its number in the table), so the kernel never slows a baseline. FBGEMM's side runs the C
   kernel.
+- The dense optimizer: every side builds hier_ps's (``hier_ps.trainer._dense_optimizer``: torch's Adam with
+  ``fused=True``, one kernel over all parameters), so that no side gains on the dense step.
 - ``fbgemm``: FBGEMM's table-batched embedding (``SplitTableBatchedEmbeddingBagsCodegen``, the kernel TorchRec's
   fused EmbeddingBagCollection runs) with its fused exact row-wise Adagrad on the CPU, same DLRM and batches; the
   training loop only, its inputs (indices and offsets of all slots, table-batched) built before timing. Skipped when
@@ -67,6 +69,7 @@ from hier_ps.data import ParquetReader, generate_synthetic
 from hier_ps.models import build_model
 from hier_ps.models.layers import bmm_interaction
 from hier_ps.plan import plan_pass
+from hier_ps.trainer import _dense_optimizer
 
 
 def _config(data: Path, run: Path, pass_rows: int, batch: int, dim: int, info: dict) -> hp.Config:
@@ -148,7 +151,7 @@ def run_fbgemm(cfg: hp.Config, rows: int) -> dict | None:
         eps=cfg.sparse_optimizer.eps,
         pooling_mode=PoolingMode.MEAN,  # single-hot slots: the same as sum
     )
-    dense_opt = torch.optim.Adam(model.parameters(), lr=cfg.dense_optimizer.lr)
+    dense_opt = _dense_optimizer(cfg.dense_optimizer, model.parameters())  # as hier_ps's: fused where torch can
     inputs = []
     for i in range(plan.num_batches):
         b = plan.batch(i)
@@ -180,7 +183,7 @@ def run_pytorch(cfg: hp.Config, rows: int) -> dict:
     bags = torch.nn.ModuleDict(
         {t: torch.nn.EmbeddingBag(len(plan.keys[t]), cfg.table(t).dim, mode="sum", sparse=True) for t in plan.keys}
     )
-    dense_opt = torch.optim.Adam(model.parameters(), lr=cfg.dense_optimizer.lr)
+    dense_opt = _dense_optimizer(cfg.dense_optimizer, model.parameters())  # as hier_ps's: fused where torch can
     sparse_opt = torch.optim.Adagrad(bags.parameters(), lr=cfg.sparse_optimizer.lr)
     pooling = {s.name: s.pooling.value for s in cfg.data.sparse}
     batches = [plan.batch(i) for i in range(plan.num_batches)]
@@ -221,7 +224,7 @@ def run_pytorch_reading(cfg: hp.Config, rows: int) -> dict:
     bags = torch.nn.ModuleDict(
         {t: torch.nn.EmbeddingBag(len(vocab[t]), cfg.table(t).dim, mode="sum", sparse=True) for t in vocab}
     )
-    dense_opt = torch.optim.Adam(model.parameters(), lr=cfg.dense_optimizer.lr)
+    dense_opt = _dense_optimizer(cfg.dense_optimizer, model.parameters())  # as hier_ps's: fused where torch can
     sparse_opt = torch.optim.Adagrad(bags.parameters(), lr=cfg.sparse_optimizer.lr)
     pooling = {s.name: s.pooling.value for s in cfg.data.sparse}
     reader = ParquetReader(
