@@ -212,14 +212,14 @@ def _unique_inverse_counts(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np
 _C_PLAN: Any = False  # not decided yet; then the C planner, or None for numpy
 
 
-def _c_planner() -> Callable[..., dict[str, np.ndarray]] | None:
-    """:func:`hier_ps.hbm.cpu_kernels.plan_batches` when the CPU kernels run (see
-    :func:`hier_ps.hbm.cpu_kernels.optional`), else None: the numpy path, which plans the same."""
+def _c_planner() -> Any:
+    """:mod:`hier_ps.hbm.cpu_kernels` (its ``plan_batches`` and ``unique_inverse_counts``) when the CPU kernels run
+    (see :func:`hier_ps.hbm.cpu_kernels.optional`), else None: the numpy paths, which plan the same."""
     global _C_PLAN
     if _C_PLAN is False:
         from hier_ps.hbm import cpu_kernels  # imports torch: only when planning first runs
 
-        _C_PLAN = cpu_kernels.plan_batches if cpu_kernels.optional() is not None else None
+        _C_PLAN = cpu_kernels if cpu_kernels.optional() is not None else None
     return _C_PLAN
 
 
@@ -267,8 +267,11 @@ def _plan_table(
     parts = [chunk.sparse[s][1] for s in slots]
     sizes = [len(p) for p in parts]
     all_keys = np.concatenate(parts) if len(parts) > 1 else parts[0]
+    fast = _c_planner()
     if unique is None:
-        uniq, loc, cnt = _unique_inverse_counts(all_keys)
+        # C hashes where at most a quarter of the occurrences are distinct keys (there 2-4x faster), else a sort
+        res = fast.unique_inverse_counts(all_keys, len(all_keys) // 4) if fast is not None else None
+        uniq, loc, cnt = res if res is not None else _unique_inverse_counts(all_keys)
     else:
         uniq, loc = unique(all_keys)
         cnt = np.bincount(loc, minlength=len(uniq))
@@ -289,9 +292,8 @@ def _plan_table(
         return out
 
     n_ws = max(n_rows, 1)
-    fast = _c_planner()
     if fast is not None:  # the same arrays from one C pass (cpu_kernels/plan.c)
-        res = fast(loc, occ_batch, occ_example, n_ws, n_batches, bounds)
+        res = fast.plan_batches(loc, occ_batch, occ_example, n_ws, n_batches, bounds)
         rel = res.pop("rel")
         out.update(res)
     else:
@@ -350,13 +352,14 @@ def plan_pass(
             :class:`hier_ps.admission.Admission`); other occurrences point at the table's null row (see
             PassPlan.rejected), and ``counts`` counts only admitted occurrences.
         admission_tables: tables that `admit` decides for.
-        unique: finds each table's working set and the inverse of its occurrences (default: an argsort, as
-            ``np.unique`` would; the trainer passes the GPU's key dedup when training on CUDA).
+        unique: finds each table's working set and the inverse of its occurrences (default: ``np.unique``'s arrays,
+            by a hash table in C where at most a quarter of the occurrences are distinct keys, else by an argsort;
+            the trainer passes the GPU's key dedup when training on CUDA).
         pool: plans tables side by side on these threads (numpy's sorts release the GIL); the plan is the same.
 
     Returns:
-        The PassPlan. All work is vectorized: one sort per table for the working set and one (stable) for the
-        per-batch unique rows and the order of their occurrences.
+        The PassPlan. All work is vectorized or in C: per table, a hash or a sort for the working set and one
+        (stable) sort for the per-batch unique rows and the order of their occurrences.
     """
     n_batches = -(-len(chunk) // batch_size)
     if for_training and len(chunk) >= 2**31:

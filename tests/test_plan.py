@@ -178,6 +178,51 @@ def test_the_fast_unique_and_stable_sort_equal_numpys(n: int) -> None:
         assert np.array_equal(perm, np.argsort(code, kind="stable")) and np.array_equal(sorted_code, np.sort(code))
 
 
+@pytest.mark.parametrize("n", [0, 1, 2, 7, 5000, 200_000])
+def test_the_c_unique_equals_numpys_and_stops_past_its_cap(n: int) -> None:
+    """Few and many distinct keys (the hash table grows several times), keys on both sides of 2^63, 0 and the
+    largest uint64, keys that share their high bytes (radix digits skipped); past `max_distinct` it gives up."""
+    if plan_mod._c_planner() is None:
+        pytest.skip("no C kernels here (no compiler): plans take the numpy path")
+    from hier_ps.hbm import cpu_kernels
+
+    rng = np.random.default_rng(n)
+    cases = [
+        rng.integers(0, max(n // 3, 1), n).astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15),
+        rng.integers(0, 2**63, n, dtype=np.uint64) * np.uint64(2) + np.uint64(1),  # mostly distinct
+        np.uint64(7 << 40) + rng.integers(0, 300, n).astype(np.uint64),  # high bytes shared by all keys
+        np.resize(np.array([0, 2**64 - 1, 5], np.uint64), n),
+        np.arange(n, dtype=np.uint64)[::-1].copy(),
+    ]
+    for keys in cases:
+        want = np.unique(keys, return_inverse=True, return_counts=True)
+        got = cpu_kernels.unique_inverse_counts(keys)
+        assert got is not None
+        for g, w in zip(got, want, strict=True):
+            assert g.dtype == w.dtype and np.array_equal(g, w.reshape(-1))
+        m = len(want[0])
+        assert cpu_kernels.unique_inverse_counts(keys, m) is not None
+        if m:
+            assert cpu_kernels.unique_inverse_counts(keys, m - 1) is None
+
+
+def test_plans_are_the_same_whichever_way_each_table_finds_its_keys() -> None:
+    """A table of few distinct keys (hashed in C) and one of mostly distinct keys (past the cap: sorted) plan as
+    the numpy path does."""
+    if plan_mod._c_planner() is None:
+        pytest.skip("no C kernels here (no compiler)")
+    rng = np.random.default_rng(9)
+    n = 4000
+    off = np.arange(n + 1, dtype=np.int64)
+    sparse = {
+        "few": (off, rng.integers(0, 50, n).astype(np.uint64)),
+        "many": (off, rng.integers(0, 2**64 - 1, n, dtype=np.uint64)),
+    }
+    chunk = ExampleChunk(np.zeros((n, 1), np.float32), np.zeros((n, 0), np.float32), sparse)
+    slot_tables = {"few": "F", "many": "M"}
+    _assert_same_plan(plan_pass(chunk, slot_tables, 256, 0), _numpy_plan(chunk, slot_tables, 256, 0))
+
+
 @pytest.mark.parametrize("lengths", [[], [1, 1, 1], [1, 0, 2, 1], [0, 0], [2, 1, 1, 0]])
 def test_example_of_is_the_repeat_of_the_bag_lengths(lengths: list[int]) -> None:
     """Single-hot slots take the arange shortcut; every other shape (same total, empty bags) the repeat."""

@@ -11,7 +11,8 @@
 Everything else (and 16-bit rows) stays with the twins. The models' DLRM interaction runs
 :func:`dot_interaction` / :func:`dot_interaction_backward` (``cpu_kernels/interaction.c``) on float32 CPU vectors
 (:func:`hier_ps.models.layers.dot_interaction`). Two numpy paths have C twins in the same library, with the
-same results to the bit: :func:`plan_batches` (``cpu_kernels/plan.c``) for :mod:`hier_ps.plan`, and the uniform
+same results to the bit: :func:`plan_batches` (``cpu_kernels/plan.c``) and :func:`unique_inverse_counts`
+(``cpu_kernels/unique.c``) for :mod:`hier_ps.plan`, and the uniform
 initial rows (``cpu_kernels/rows.c``) for :mod:`hier_ps.hbm.rows`; :func:`optional` says whether they run.
 
 The sources are compiled once per source text, flags, compiler and CPU, with ``$CC`` (else ``cc``/``gcc``/``clang``),
@@ -57,12 +58,13 @@ __all__ = [
     "load",
     "optional",
     "plan_batches",
+    "unique_inverse_counts",
 ]
 
 _CHECKOUT_SRC = Path(__file__).resolve().parents[2] / "cpu_kernels"
 # A checkout (or editable install) reads the sources where they are; an installed wheel carries them in the package.
 _SRC_DIR = _CHECKOUT_SRC if _CHECKOUT_SRC.is_dir() else Path(__file__).resolve().parents[1] / "cpu_kernels"
-_SOURCES = ("embedding.c", "plan.c", "rows.c", "interaction.c")  # one library
+_SOURCES = ("embedding.c", "plan.c", "unique.c", "rows.c", "interaction.c")  # one library
 _HEADERS = ("parallel.h",)  # included by the sources: part of the cache key
 # -std=c11 (not gnu11): no fused multiply-adds, as the twins and the CUDA kernels (--fmad=false)
 _FLAGS = ("-O3", "-march=native", "-std=c11", "-shared", "-fPIC", "-pthread")
@@ -150,6 +152,8 @@ def _build_and_load() -> None:
     lib.move_rows_fp32.restype = ctypes.c_int
     lib.plan_batches.argtypes = [p, p, p, i64, i64, i64, p, ctypes.c_int, p, p, p, p, p, p, p]
     lib.plan_batches.restype = i64
+    lib.unique_inverse_counts_u64.argtypes = [p, i64, i64, p, p, p]
+    lib.unique_inverse_counts_u64.restype = i64
     lib.init_uniform_fp32.argtypes = [ctypes.c_uint64, p, i64, ctypes.c_int, ctypes.c_int, ctypes.c_double, p, i64]
     lib.init_uniform_fp32.restype = None
     sizes = [p, p, ctypes.c_int, ctypes.c_int, i64, ctypes.c_int]  # vectors, strides, F, d, batch, keep_first
@@ -214,6 +218,31 @@ def plan_batches(
         raise MemoryError(f"plan_batches: out of memory for {n} occurrences")
     out["urows"], out["urow_counts"] = out["urows"][:pairs].copy(), out["urow_counts"][:pairs].copy()
     return out
+
+
+def unique_inverse_counts(
+    keys: np.ndarray, max_distinct: int | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """``np.unique(keys, return_inverse=True, return_counts=True)`` of uint64[n] keys in C (``cpu_kernels/unique.c``:
+    a hash table over the occurrences, a radix sort of the distinct keys only): (uniq uint64[m] ascending, inverse
+    int64[n], counts int64[m]), numpy's arrays exactly; None as soon as more than `max_distinct` distinct keys turn
+    up (there a sort of all keys is faster: the caller's).
+
+    Raises:
+        RuntimeError: the library cannot be built (:func:`load`).
+        MemoryError: the kernel's temporaries could not be allocated.
+    """
+    keys = np.ascontiguousarray(keys, np.uint64).reshape(-1)
+    n = len(keys)
+    cap = n if max_distinct is None else max_distinct
+    uniq, inverse, counts = np.empty(n, np.uint64), np.empty(n, np.int64), np.empty(n, np.int64)
+    args = (keys.ctypes.data, n, cap, uniq.ctypes.data, inverse.ctypes.data, counts.ctypes.data)
+    m = load().unique_inverse_counts_u64(*args)
+    if m == -2:
+        return None
+    if m < 0:
+        raise MemoryError(f"unique_inverse_counts: out of memory for {n} keys")
+    return uniq[:m].copy(), inverse, counts[:m].copy()
 
 
 def interaction_fits(vecs: list[torch.Tensor]) -> bool:
