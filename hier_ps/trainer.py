@@ -18,7 +18,7 @@ import os
 import shutil
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -575,11 +575,14 @@ class Trainer:
                 t0 = time.perf_counter()
                 item, staged = next_pass()
                 wait_s = time.perf_counter() - t0
+                # The feeder may plan one more pass once the last one trained: let it after this one's load, so that
+                # the load (on the trainer's thread, on the way to the first step) does not share the cores with it.
+                release: Callable[[], None] | None = None
                 while item is not None:
                     times = {"read": item.seconds["read"], "plan": item.seconds["plan"], "wait": wait_s}
-                    last = self._run_pass(item, times, bar, staged)
+                    last = self._run_pass(item, times, bar, staged, after_load=release)
                     staged = None  # its rows are on the device now: free the staging before the next is made
-                    feeder.done()
+                    release = feeder.done
                     if item.end_of_epoch:
                         self.epoch, self.pass_in_epoch = self.epoch + 1, 0
                     else:
@@ -726,7 +729,12 @@ class Trainer:
         return u.view(torch.int64).cpu().numpy().view(np.uint64), inv.cpu().numpy()
 
     def _run_pass(
-        self, item: PassItem, times: dict[str, float], bar: tqdm, staged: Staged | None = None
+        self,
+        item: PassItem,
+        times: dict[str, float],
+        bar: tqdm,
+        staged: Staged | None = None,
+        after_load: Callable[[], None] | None = None,
     ) -> dict[str, Any]:
         plan, epoch, n_examples = item.plan, item.epoch, item.plan.num_examples
         assert item.pass_index == self.pass_index, (item.pass_index, self.pass_index)
@@ -738,6 +746,8 @@ class Trainer:
         # Rows shared with the last pass stay put; new rows come from staging; the next pass is staged (on several
         # ranks too: each rank's working set is its own keys (row_wise) or the whole one (replicated)).
         ws, owned_new, pushed, overlap = self._load_delta(plan, staged)
+        if after_load is not None:
+            after_load()
         new_keys = self._sum_ranks(owned_new)  # keys no owner had, over the ranks
         t2 = time.perf_counter()
         loss_sum = self._train_pass(plan, ws, bar)
