@@ -10,7 +10,7 @@
 
 Everything else (and 16-bit rows) stays with the twins. The models' DLRM interaction runs
 :func:`dot_interaction` / :func:`dot_interaction_backward` (``cpu_kernels/interaction.c``) on float32 CPU vectors
-(:func:`hier_ps.models.layers.dot_interaction`). Two numpy paths have C twins in the same library, with the
+(:func:`hier_ps.models.layers.dot_interaction`). Three numpy paths have C twins in the same library, with the
 same results to the bit: :func:`plan_batches` (``cpu_kernels/plan.c``) and :func:`unique_inverse_counts`
 (``cpu_kernels/unique.c``) for :mod:`hier_ps.plan`, and the uniform
 initial rows (``cpu_kernels/rows.c``) for :mod:`hier_ps.hbm.rows`; :func:`optional` says whether they run.
