@@ -4,7 +4,8 @@
 // numpy sorts all n occurrences (an argsort, then a gather and a scatter of n); here a hash table finds the m
 // distinct keys in one pass over the occurrences, and only those m are sorted (LSD radix, 8-bit digits, the digits
 // all keys share skipped). The table starts small and grows as keys arrive, so a table of a few thousand distinct
-// keys stays in L1/L2 however many occurrences it has: 3-10x numpy's time on 100k occurrences of up to 10k keys.
+// keys stays in L1/L2 however many occurrences it has: 2.4-4x faster than numpy on 100k occurrences of up to 10k
+// distinct keys.
 // Where a large share of the keys is distinct the table outgrows the caches and numpy's sort is faster, so the
 // caller caps m and sorts instead past it. The result is numpy's, array for array (tests/test_plan.py).
 //
