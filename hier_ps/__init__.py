@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING, Any
 
 # torch's CPU thread pool is GNU OpenMP, whose idle workers spin for 300,000 rounds after each parallel region before
 # they sleep. On a CPU device the pipeline's threads (read, plan, pull, push) and the C kernels' threads need those
-# cores between the train step's ops; a shorter spin gave the whole e2e_bench run about 7% on 2 cores and did not slow
-# the PyTorch baseline (benchmarks/RESULTS.md). libgomp reads it once, when torch loads: so only before that, and only
-# where the user chose no wait policy of their own.
+# cores between the train step's ops; a shorter spin gave the whole e2e_bench run 4-7% on 2 cores and did not slow
+# the PyTorch baseline (benchmarks/RESULTS.md, session 8). libgomp reads it once, when torch loads: so only before
+# that, and only where the user chose no wait policy of their own.
 if "torch" not in sys.modules and "GOMP_SPINCOUNT" not in os.environ and "OMP_WAIT_POLICY" not in os.environ:
     os.environ["GOMP_SPINCOUNT"] = "20000"
 

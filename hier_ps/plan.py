@@ -267,9 +267,9 @@ def _plan_table(
     parts = [chunk.sparse[s][1] for s in slots]
     sizes = [len(p) for p in parts]
     all_keys = np.concatenate(parts) if len(parts) > 1 else parts[0]
-    fast = _c_planner()
     if unique is None:
         # C hashes where at most a quarter of the occurrences are distinct keys (there 2-4x faster), else a sort
+        fast = _c_planner()
         res = fast.unique_inverse_counts(all_keys, len(all_keys) // 4) if fast is not None else None
         uniq, loc, cnt = res if res is not None else _unique_inverse_counts(all_keys)
     else:
@@ -292,6 +292,7 @@ def _plan_table(
         return out
 
     n_ws = max(n_rows, 1)
+    fast = _c_planner()
     if fast is not None:  # the same arrays from one C pass (cpu_kernels/plan.c)
         res = fast.plan_batches(loc, occ_batch, occ_example, n_ws, n_batches, bounds)
         rel = res.pop("rel")

@@ -142,12 +142,12 @@ class _Part:
     slots: list[str]
     rows: torch.Tensor  # int64[nnz] group rows of the occurrences, slots concatenated in slot order
     offsets: torch.Tensor  # int64[k*B+1] bag offsets, bag j*B+i = example i of the part's j-th slot
-    div: torch.Tensor | None  # float32[k*B] bag sizes (>= 1) for mean slots, 1 for sum slots (kernels that fuse it)
+    div: torch.Tensor | None  # float32[k*B] bag sizes (>= 1) for mean slots, 1 for sum slots; None without mean slots
     urows: torch.Tensor  # int64[U] group rows to update, the tables' unique rows concatenated
     inv: np.ndarray | None  # int64[nnz] position in urows of each occurrence's row (None: presorted, or eval)
     presorted: tuple[np.ndarray, np.ndarray] | None  # (bags, seg) from the plan's sort (see _segments), or None
     lengths: np.ndarray  # int64[k*B] bag sizes
-    means: list[tuple[int, int, torch.Tensor]]  # (first bag, end bag, float32[hi-lo, 1] sizes) of each mean slot
+    means: list[tuple[int, int, torch.Tensor]]  # (first bag, end bag, float32[hi-lo, 1] view of div) of each mean slot
     leaf: torch.Tensor | None = None  # float32[k*B, dim] pooled output of the last forward
     views: tuple[torch.Tensor, ...] = ()  # its slots' blocks [B, dim], the leaves whose gradients _grad reads
 
@@ -207,11 +207,12 @@ class BatchLookup:
             np.add(off[1:], at - int(off[0]), out=offsets[1 + j * n_b : 1 + (j + 1) * n_b])
             at += len(idx)
         lengths = np.diff(offsets)
+        mean_bags = [(j * n_b, (j + 1) * n_b) for j, s in enumerate(slots) if pooling[s] == "mean"]
         div = None
-        if g.fuses_div and any(pooling[s] == "mean" for s in slots):
-            div = np.concatenate(
-                [np.maximum(np.diff(b.slots[s][0]), 1) if pooling[s] == "mean" else np.ones(len(b)) for s in slots]
-            ).astype(np.float32)
+        if mean_bags:  # the bag sizes, once: the kernels' divisor, and the mean slots' in-place division
+            div = np.ones(len(lengths), np.float32)
+            for lo, hi in mean_bags:
+                np.maximum(lengths[lo:hi], 1, out=div[lo:hi], casting="unsafe")
         tables = [t for t in g.base if t in b.tables]  # tables with training inverses (eval plans have none)
         urows = np.empty(sum(len(b.tables[t][0]) for t in tables), np.int64)
         at = 0
@@ -258,21 +259,18 @@ class BatchLookup:
         def to(a: np.ndarray) -> torch.Tensor:
             return torch.from_numpy(a).to(dev, non_blocking=True)
 
+        div_t = None if div is None else to(div)
         return _Part(
             g,
             slots,
             to(rows),
             to(offsets),
-            None if div is None else to(div),
+            div_t,
             to(urows),
             inv_all,
             presorted,
             lengths,
-            [
-                (j * len(b), (j + 1) * len(b), to(np.maximum(np.diff(b.slots[s][0]), 1).astype(np.float32)[:, None]))
-                for j, s in enumerate(slots)
-                if pooling[s] == "mean"
-            ],
+            [(lo, hi, div_t[lo:hi, None]) for lo, hi in mean_bags] if div_t is not None else [],
         )
 
     def forward(self, requires_grad: bool = False) -> dict[str, torch.Tensor]:
@@ -325,12 +323,7 @@ class BatchLookup:
         if p.group.fuses_div:
             return (g if g is not None else self._cat(p)), p.div
         if g is not None:  # the model's tensor, not ours to change: the kernel divides the mean bags
-            if not p.means:
-                return g, None
-            div = torch.ones(len(g), dtype=torch.float32, device=g.device)
-            for lo, hi, size in p.means:
-                div[lo:hi] = size[:, 0]
-            return g, div
+            return g, p.div
         g = self._cat(p)
         for lo, hi, size in p.means:  # the concatenation is ours alone: divide in place
             g[lo:hi].div_(size)
