@@ -49,7 +49,9 @@ def test_backward_update_matches_twin(cpu: C.CpuKernels, opt: str, shape: tuple,
     TWINS.backward_update(o, w_t, st_t, urows, seg, bags, grad, div)
     cpu.backward_update(o, w_c, st_c, urows, seg, bags, grad, div)
     torch.testing.assert_close(w_c, w_t, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(st_c, st_t, rtol=1e-5, atol=1e-6)
+    # FTRL's z adds g - sigma * w to z: terms of order 1 that can cancel to a small z, whose rounding is then the
+    # terms' (1e-6), not its own (seen: 1.5e-6 on a z of -2.8e-3, the two sums' orders differing on an AVX-512 CPU).
+    torch.testing.assert_close(st_c, st_t, rtol=1e-5, atol=1e-5 if opt == "ftrl" else 1e-6)
     untouched = torch.ones(len(w0), dtype=torch.bool)
     untouched[urows] = False
     assert torch.equal(w_c[untouched], w0[untouched]) and torch.equal(st_c[untouched], st0[untouched])
