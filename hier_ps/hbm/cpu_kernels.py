@@ -66,8 +66,9 @@ _CHECKOUT_SRC = Path(__file__).resolve().parents[2] / "cpu_kernels"
 _SRC_DIR = _CHECKOUT_SRC if _CHECKOUT_SRC.is_dir() else Path(__file__).resolve().parents[1] / "cpu_kernels"
 _SOURCES = ("embedding.c", "plan.c", "unique.c", "rows.c", "interaction.c")  # one library
 _HEADERS = ("parallel.h",)  # included by the sources: part of the cache key
-# -std=c11 (not gnu11): no fused multiply-adds, as the twins and the CUDA kernels (--fmad=false)
-_FLAGS = ("-O3", "-march=native", "-std=c11", "-shared", "-fPIC", "-pthread")
+# No fused multiply-adds, as the twins and the CUDA kernels (--fmad=false): gcc's -std=c11 (not gnu11) implies
+# -ffp-contract=off, clang's does not.
+_FLAGS = ("-O3", "-march=native", "-std=c11", "-ffp-contract=off", "-shared", "-fPIC", "-pthread")
 _OPTS = {"sgd": 0, "adagrad": 1, "rowwise_adagrad": 2, "adam": 3, "ftrl": 4}
 _MAX_DIM = 512  # MAXD in embedding.c
 log = logging.getLogger(__name__)

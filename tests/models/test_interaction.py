@@ -72,6 +72,19 @@ def test_same_bits_with_any_thread_count_and_twice() -> None:
         assert torch.equal(z, outs[0][0]) and torch.equal(gv, outs[0][1])
 
 
+@pytest.mark.parametrize("d", [16, 35])
+def test_same_bits_whichever_lane_an_example_takes(d: int) -> None:
+    # The kernel takes examples a register's lanes at a time, whole blocks through register-tile transposes and the
+    # last ragged block value by value: an example computed in another lane, or in the other kind of block, must
+    # come out the same. Shifting the batch by 5 moves every example to another lane and some across that border.
+    vecs = _vectors(45, 27, d, 7, 3)
+    gz = torch.randn(45, d + 351, generator=torch.Generator().manual_seed(8))
+    z, gv = cpu_kernels.dot_interaction(vecs, True), cpu_kernels.dot_interaction_backward(vecs, gz, True)
+    shifted = [v[5:] for v in vecs]
+    z5, gv5 = cpu_kernels.dot_interaction(shifted, True), cpu_kernels.dot_interaction_backward(shifted, gz[5:], True)
+    assert torch.equal(z5, z[5:]) and torch.equal(gv5, gv[:, 5:])
+
+
 def test_only_the_vectors_that_need_a_gradient_get_one() -> None:
     vecs = _vectors(33, 4, 5, 7, 0)
     vecs = [v.clone().requires_grad_(i % 2 == 1) for i, v in enumerate(vecs)]
