@@ -9,7 +9,8 @@
 // multiply-adds (built with -std=c11: -ffp-contract=off); the one difference is the row-wise mean, summed here left
 // to right (embedding.cu: a butterfly over lanes), so the two agree to rounding, not bit for bit.
 //
-// Rows are random in a table far larger than the caches, so the loop prefetches the rows PF iterations ahead.
+// Rows are random in a table far larger than the caches, so the loop prefetches the rows PF iterations ahead, and
+// the occurrences' gradient rows (random bags of a pooled gradient larger than L2) PF_OCC occurrences ahead.
 //
 // Built at run time by hier_ps/hbm/cpu_kernels.py (any C compiler; no Python or torch headers) and called through
 // ctypes, which releases the GIL for the call.
@@ -29,6 +30,7 @@ typedef struct {
 
 #define MAXD 512      // the loader falls back to the torch twin above this
 #define PF 16         // rows ahead to prefetch
+#define PF_OCC 16     // occurrences ahead to prefetch the gradient rows of (a batch's pooled gradient: random bags)
 #define ROW_CHUNK 1024   // unique rows a thread of the backward claims at a time
 #define MOVE_CHUNK 4096  // rows a thread of a row move claims at a time
 
@@ -58,15 +60,19 @@ static void run(const Task* t, i64 lo, i64 hi) {
   const float* restrict grad = t->grad;
   const float* restrict div = t->div;
   float g[MAXD];
+  const i64 occ_end = seg[hi];
   for (i64 u = lo; u < hi; ++u) {
     if (u + PF < hi) {
       i64 pr = urows[u + PF];
       __builtin_prefetch(emb + pr * (i64)dim, 1);
       if (state_w) __builtin_prefetch(state + pr * (i64)state_w, 1);
-      if (seg[u + PF] < seg[u + PF + 1]) __builtin_prefetch(grad + bags[seg[u + PF]] * (i64)dim, 0);
     }
     for (int d = 0; d < dim; ++d) g[d] = 0.0f;
     for (i64 j = seg[u]; j < seg[u + 1]; ++j) {
+      if (j + PF_OCC < occ_end) {  // every occurrence's gradient row, not only each row's first
+        const float* ahead = grad + bags[j + PF_OCC] * (i64)dim;
+        for (int d = 0; d < dim; d += 16) __builtin_prefetch(ahead + d, 0);
+      }
       i64 bag = bags[j];
       const float* restrict x = grad + bag * (i64)dim;
       if (div != 0) {
