@@ -166,7 +166,9 @@ def run_fbgemm(cfg: hp.Config, rows: int) -> dict | None:
     t0, c0 = time.perf_counter(), time.process_time()
     for b, indices, offsets in inputs:
         out = emb(indices, offsets)
-        sparse = {s: out[:, j * dim : (j + 1) * dim] for j, s in enumerate(slots)}
+        # One split, as TorchRec's KeyedTensor.to_dict: its backward is one concatenation, where a slice per slot
+        # would give each slot's gradient as a zero-filled copy of the whole output, summed.
+        sparse = dict(zip(slots, torch.split(out, dim, dim=1), strict=True))
         logits = model(torch.from_numpy(b.dense), sparse).reshape(len(b), -1)
         loss = F.binary_cross_entropy_with_logits(logits, torch.from_numpy(b.labels))
         dense_opt.zero_grad(set_to_none=True)
