@@ -251,7 +251,7 @@ def test_ranks_on_different_row_kernels_stop_with_a_clear_error(tiny_data: dict,
         procs.append(subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE))
     for p in procs:
         _, err = p.communicate(timeout=120)
-        assert p.returncode == 2, err.decode()[-2000:]
+        assert p.returncode == 2, (p.returncode, err.decode()[-4000:])
         last = err.decode().strip().splitlines()[-1]
         assert "the ranks run different row kernels (rank 0: cpu, rank 1: torch twins)" in last, err.decode()[-2000:]
 
