@@ -246,9 +246,9 @@ class Trainer:
     # ------------------------------------------------------------------ setup helpers
     def _close_ring(self) -> None:
         """Destroys the process group before __init__ refuses a run on every rank. A group left to the interpreter's
-        exit tears its connections down after the peers closed theirs; my guess (unconfirmed) is that this is how one
-        run in four of tests/ring/test_replicated.py on a loaded machine saw a rank end with another exit status than
-        the CLI's 2."""
+        exit tears its connections down after the peers closed theirs; my guess (unconfirmed) is that this is how, in
+        two of six runs of tests/ring/test_replicated.py on a loaded machine, a rank ended with another exit status
+        than the CLI's 2."""
         if self.ring is not None:
             self.ring.close()
             self.ring = None
