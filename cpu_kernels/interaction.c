@@ -71,8 +71,8 @@ static inline void transpose_tile(__m512 r[16]) {
       r[i + 2 * k + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(lo, hi));
     }
   }
-  // each r[i] now holds rows (i / 4) * 4 .. + 3's column i % 4 ... in its four 128-bit lanes: two rounds of 128-bit
-  // lane shuffles gather each column's lanes
+  // each 128-bit lane now holds four consecutive values of one column: two rounds of 128-bit lane shuffles put each
+  // column's four lanes in one register
   for (int i = 0; i < 16; i += 8) {
     for (int k = 0; k < 4; ++k) {
       t[i + k] = _mm512_shuffle_f32x4(r[i + k], r[i + 4 + k], 0x88);
@@ -152,7 +152,9 @@ static void from_lanes(const float* restrict src, int n, int cols, float* dst, i
 static void load_block(const Job* t, i64 b0, int n, float* restrict x) {
   const int nv = t->n_vec, d = t->dim;
   if (n < LANES) memset(x, 0, sizeof(float) * (size_t)nv * (size_t)d * LANES);
-  for (int f = 0; f < nv; ++f) to_lanes(t->vecs[f] + b0 * t->strides[f], t->strides[f], n, d, x + (i64)f * d * LANES);
+  for (int f = 0; f < nv; ++f) {
+    to_lanes(t->vecs[f] + b0 * t->strides[f], t->strides[f], n, d, x + (i64)f * d * LANES);
+  }
 }
 
 static void* forward_range(void* arg) {
@@ -212,6 +214,21 @@ static void* forward_range(void* arg) {
   return 0;
 }
 
+// a[k0 + kk] += sum over j != f, ascending, of g[pf[j]] * v_j's value k0 + kk, for kk < kb. Inlined with kb a
+// constant, so that the kb accumulators are registers.
+static inline __attribute__((always_inline)) void grad_columns(const vf* xv, const vf* g, const i64* pf, int nv,
+                                                               int d, int f, int k0, int kb, vf* a) {
+  vf acc[KB];
+  for (int kk = 0; kk < kb; ++kk) acc[kk] = a[k0 + kk];
+  for (int j = 0; j < nv; ++j) {
+    if (j == f) continue;
+    const vf gp = g[pf[j]];
+    const vf* xj = xv + (i64)j * d + k0;
+    for (int kk = 0; kk < kb; ++kk) acc[kk] += gp * xj[kk];
+  }
+  for (int kk = 0; kk < kb; ++kk) a[k0 + kk] = acc[kk];
+}
+
 static void* backward_range(void* arg) {
   Job* t = (Job*)arg;
   const int nv = t->n_vec, d = t->dim, first = t->keep_first ? d : 0;
@@ -248,25 +265,18 @@ static void* backward_range(void* arg) {
         } else {
           memset(a, 0, sizeof(vf) * (size_t)d);
         }
+        // Columns in blocks of 16, then 8, 4 and 1: each block's accumulators stay in registers.
         int k0 = 0;
-        for (; k0 + KB <= d; k0 += KB) {  // a whole block: the accumulators stay in registers
-          vf acc[KB];
-          for (int kk = 0; kk < KB; ++kk) acc[kk] = a[k0 + kk];
-          for (int j = 0; j < nv; ++j) {
-            if (j == f) continue;
-            const vf gp = g[pf[j]];
-            const vf* xj = xv + (i64)j * d + k0;
-            for (int kk = 0; kk < KB; ++kk) acc[kk] += gp * xj[kk];
-          }
-          for (int kk = 0; kk < KB; ++kk) a[k0 + kk] = acc[kk];
+        for (; k0 + KB <= d; k0 += KB) grad_columns(xv, g, pf, nv, d, f, k0, KB, a);
+        if (k0 + 8 <= d) {  // fewer than KB = 16 columns are left: at most one block of 8 and one of 4
+          grad_columns(xv, g, pf, nv, d, f, k0, 8, a);
+          k0 += 8;
         }
-        for (; k0 < d; ++k0) {  // the columns past the last whole block, one at a time
-          vf acc = a[k0];
-          for (int j = 0; j < nv; ++j) {
-            if (j != f) acc += g[pf[j]] * xv[(i64)j * d + k0];
-          }
-          a[k0] = acc;
+        if (k0 + 4 <= d) {
+          grad_columns(xv, g, pf, nv, d, f, k0, 4, a);
+          k0 += 4;
         }
+        for (; k0 < d; ++k0) grad_columns(xv, g, pf, nv, d, f, k0, 1, a);
         from_lanes((const float*)a, n, d, t->out + ((i64)f * t->batch + b0) * d, d);
       }
     }
