@@ -268,9 +268,10 @@ def _plan_table(
     sizes = [len(p) for p in parts]
     all_keys = np.concatenate(parts) if len(parts) > 1 else parts[0]
     if unique is None:
-        # C hashes where at most a quarter of the occurrences are distinct keys (there 2-4x faster), else a sort
+        # C hashes where at most half of the occurrences are distinct keys (2-4x faster up to a quarter; on a Zen 4
+        # 2-3x up to a half, benchmarks/RESULTS.md session 10), else a sort
         fast = _c_planner()
-        res = fast.unique_inverse_counts(all_keys, len(all_keys) // 4) if fast is not None else None
+        res = fast.unique_inverse_counts(all_keys, len(all_keys) // 2) if fast is not None else None
         uniq, loc, cnt = res if res is not None else _unique_inverse_counts(all_keys)
     else:
         uniq, loc = unique(all_keys)
@@ -354,7 +355,7 @@ def plan_pass(
             PassPlan.rejected), and ``counts`` counts only admitted occurrences.
         admission_tables: tables that `admit` decides for.
         unique: finds each table's working set and the inverse of its occurrences (default: ``np.unique``'s arrays,
-            by a hash table in C where at most a quarter of the occurrences are distinct keys, else by an argsort;
+            by a hash table in C where at most half of the occurrences are distinct keys, else by an argsort;
             the trainer passes the GPU's key dedup when training on CUDA).
         pool: plans tables side by side on these threads (numpy's sorts release the GIL); the plan is the same.
 
