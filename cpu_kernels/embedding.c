@@ -159,21 +159,24 @@ int backward_update_fp32(int opt, float* emb, float* state, int state_w, const i
 typedef struct {
   float* dst;
   const i64* dst_idx;
+  i64 dst_stride;  // floats from one row to the next
   const float* src;
   const i64* src_idx;
+  i64 src_stride;
   Chunks* chunks;  // the rows, claimed MOVE_CHUNK at a time
   int width;
 } Move;
 
 static void move_range(const Move* m, i64 lo, i64 hi) {
   const int width = m->width;
+  const i64 ds = m->dst_stride, ss = m->src_stride;
   const i64* restrict di = m->dst_idx;
   const i64* restrict si = m->src_idx;
   for (i64 i = lo; i < hi; ++i) {
-    if (si != 0 && i + PF < hi) __builtin_prefetch(m->src + si[i + PF] * (i64)width, 0);
-    if (di != 0 && i + PF < hi) __builtin_prefetch(m->dst + di[i + PF] * (i64)width, 1);
-    const float* restrict s = m->src + (si != 0 ? si[i] : i) * (i64)width;
-    float* restrict d = m->dst + (di != 0 ? di[i] : i) * (i64)width;
+    if (si != 0 && i + PF < hi) __builtin_prefetch(m->src + si[i + PF] * ss, 0);
+    if (di != 0 && i + PF < hi) __builtin_prefetch(m->dst + di[i + PF] * ds, 1);
+    const float* restrict s = m->src + (si != 0 ? si[i] : i) * ss;
+    float* restrict d = m->dst + (di != 0 ? di[i] : i) * ds;
     for (int k = 0; k < width; ++k) d[k] = s[k];
   }
 }
@@ -185,17 +188,18 @@ static void* move_thread(void* arg) {
   return 0;
 }
 
-// dst[dst_idx[i], :] = src[src_idx[i], :] for i in [0, n), rows of `width` floats; a null index means i itself (a
-// contiguous side). The destination rows must be distinct (they are: a working set's positions or fresh rows).
-// At most n_threads threads (one per 16384 rows) claim the rows MOVE_CHUNK at a time. Returns 0.
-int move_rows_fp32(float* dst, const i64* dst_idx, const float* src, const i64* src_idx, i64 n, int width,
-                   int n_threads) {
+// dst[dst_idx[i], :] = src[src_idx[i], :] for i in [0, n), rows of `width` floats that start dst_stride and
+// src_stride floats apart (a row's columns are adjacent; a source may be the first columns of wider packed rows);
+// a null index means i itself. The destination rows must be distinct (they are: a working set's positions or fresh
+// rows). At most n_threads threads (one per 16384 rows) claim the rows MOVE_CHUNK at a time. Returns 0.
+int move_rows_fp32(float* dst, const i64* dst_idx, i64 dst_stride, const float* src, const i64* src_idx,
+                   i64 src_stride, i64 n, int width, int n_threads) {
   n_threads = threads_for(n, 16384, n_threads);
   Chunks chunks;
   chunks_init(&chunks, n, MOVE_CHUNK);
   Move moves[MAXTHREADS];
   for (int k = 0; k < n_threads; ++k) {
-    Move m = {dst, dst_idx, src, src_idx, &chunks, width};
+    Move m = {dst, dst_idx, dst_stride, src, src_idx, src_stride, &chunks, width};
     moves[k] = m;
   }
   run_parallel(move_thread, (char*)moves, sizeof(Move), n_threads);

@@ -57,8 +57,9 @@ class StagedTable:
         shared: bool[n], the key is in the base working set.
         src: int64[n_shared], its row there (for the shared keys, in key order).
         new: int64[n_new_rows], positions of the other keys in the pass's keys.
-        emb: float32[n_new_rows, dim], their embeddings (pinned on CUDA).
-        state: float32[n_new_rows, S], their optimizer state (pinned on CUDA).
+        emb: float32[n_new_rows, dim], their embeddings (pinned copies on CUDA; on the CPU strided views of the
+            pulled packed rows).
+        state: float32[n_new_rows, S], their optimizer state (the same).
         meta: int64[n_new_rows, 2], their metadata.
         n_new: keys that no tier had (initialized); on several ranks, among the keys this rank owns.
     """
@@ -165,13 +166,14 @@ def stage_rows(
     for name, (shared, src, new) in split.items():
         rows, n_new = got[name]
         nbytes += rows.nbytes
-        # Contiguous copies, made here in the worker: the assembly's row scatters (on the trainer's thread) are
-        # slower from strided views of the packed rows.
-        emb, state, meta = specs[name].layout.unpack(rows)
-        if pin:  # for asynchronous copies to the GPU
+        if pin:  # contiguous pinned copies, for asynchronous copies to the GPU
+            emb, state, meta = specs[name].layout.unpack(rows)
             emb_t, state_t = _pinned(emb), _pinned(state)
-        else:
-            emb_t, state_t = torch.from_numpy(emb), torch.from_numpy(state)
+        else:  # views of the packed rows: the assembly's C row moves read strided rows as fast, and no copy is made
+            d, w = specs[name].dim, specs[name].layout.state
+            packed = torch.from_numpy(rows)
+            emb_t, state_t = packed[:, :d], packed[:, d : d + w]
+            meta = np.ascontiguousarray(rows[:, d + w :]).view(np.int64).reshape(len(rows), 2)
         out[name] = StagedTable(shared, src, new, emb_t, state_t, meta, n_new)
     return out, nbytes
 

@@ -149,7 +149,7 @@ def _build_and_load() -> None:
     fn.argtypes = [ctypes.c_int, p, p, ctypes.c_int, p, i64, p, p, p, p, ctypes.c_int, ctypes.POINTER(_Hyper)]
     fn.argtypes += [ctypes.c_int]
     fn.restype = ctypes.c_int
-    lib.move_rows_fp32.argtypes = [p, p, p, p, i64, ctypes.c_int, ctypes.c_int]
+    lib.move_rows_fp32.argtypes = [p, p, i64, p, p, i64, i64, ctypes.c_int, ctypes.c_int]
     lib.move_rows_fp32.restype = ctypes.c_int
     lib.plan_batches.argtypes = [p, p, p, i64, i64, i64, p, ctypes.c_int, p, p, p, p, p, p, p]
     lib.plan_batches.restype = i64
@@ -332,8 +332,12 @@ def _fits(emb: torch.Tensor, state: torch.Tensor) -> bool:
 
 
 def _movable(*ts: torch.Tensor) -> bool:
-    """Whether the C row move takes these: float32 CPU tensors with row-major rows."""
-    return all(t.device.type == "cpu" and t.dtype == torch.float32 and t.dim() == 2 and t.is_contiguous() for t in ts)
+    """Whether the C row move takes these: float32 CPU matrices whose rows' columns are adjacent (rows may be
+    strided, e.g. the embedding columns of packed rows)."""
+    return all(
+        t.device.type == "cpu" and t.dtype == torch.float32 and t.dim() == 2 and (t.stride(1) == 1 or t.shape[1] <= 1)
+        for t in ts
+    )
 
 
 class CpuKernels(TorchTwins):
@@ -406,7 +410,17 @@ class CpuKernels(TorchTwins):
             return
         di = None if dst_idx is None else dst_idx.to(torch.int64).contiguous()
         si = None if src_idx is None else src_idx.to(torch.int64).contiguous()
-        self._move(_ptr(dst), _ptr(di), _ptr(src), _ptr(si), n, dst.shape[1], torch.get_num_threads())
+        self._move(
+            _ptr(dst),
+            _ptr(di),
+            dst.stride(0),
+            _ptr(src),
+            _ptr(si),
+            src.stride(0),
+            n,
+            dst.shape[1],
+            torch.get_num_threads(),
+        )
 
     def gather_rows(self, emb: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         if not _movable(emb):

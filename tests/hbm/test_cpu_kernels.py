@@ -137,6 +137,40 @@ def test_row_moves_equal_the_twins_bit_for_bit(cpu: C.CpuKernels, width: int) ->
         torch.set_num_threads(before)
 
 
+@pytest.mark.parametrize(("lo", "hi"), [(0, 16), (16, 17), (3, 20)])
+def test_row_moves_of_column_slices_of_packed_rows_equal_the_twins(
+    cpu: C.CpuKernels, lo: int, hi: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rows `width` floats wide that start `stride` floats apart (the embedding or state columns of packed rows, as
+    the stager hands them over), as the source and as the destination, split over several threads."""
+    rng = np.random.default_rng(15)
+    packed = torch.from_numpy(rng.normal(size=(60_000, 21)).astype(np.float32))
+    src = packed[:, lo:hi]
+    assert src.stride(0) == 21 and not src.is_contiguous()
+    src_idx = torch.from_numpy(rng.permutation(60_000)[:40_000])
+    dst_idx = torch.from_numpy(rng.permutation(50_000)[:40_000])
+    moves, move = [], cpu._move
+    monkeypatch.setattr(cpu, "_move", lambda *a: moves.append(a[-2]) or move(*a))  # the C kernel's calls
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(3)
+        assert torch.equal(cpu.gather_rows(src, src_idx), src[src_idx])
+        d_c, d_t = torch.zeros(50_000, hi - lo), torch.zeros(50_000, hi - lo)
+        cpu.scatter_rows(d_c, dst_idx, src[:40_000])
+        TWINS.scatter_rows(d_t, dst_idx, src[:40_000])
+        assert torch.equal(d_c, d_t) and d_c.abs().sum() > 0
+        wide_c, wide_t = (
+            torch.zeros(50_000, 21),
+            torch.zeros(50_000, 21),
+        )  # a strided destination, its other columns kept
+        cpu.copy_rows(wide_c[:, lo:hi], dst_idx, src, src_idx)
+        TWINS.copy_rows(wide_t[:, lo:hi], dst_idx, src, src_idx)
+        assert torch.equal(wide_c, wide_t) and wide_c[:, lo:hi].abs().sum() > 0
+        assert moves == [hi - lo] * 3  # the strided rows went through the C kernel, not the twins
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_row_moves_of_rows_the_c_kernel_does_not_take_still_equal_the_twins(cpu: C.CpuKernels) -> None:
     src16 = torch.randn(20, 4).to(torch.bfloat16)
     idx = torch.tensor([3, 0, 7])
