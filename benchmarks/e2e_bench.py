@@ -34,6 +34,10 @@ What each side's number includes:
   fused EmbeddingBagCollection runs) with its fused exact row-wise Adagrad on the CPU, same DLRM and batches; the
   training loop only, its inputs (indices and offsets of all slots, table-batched) built before timing. Skipped when
   fbgemm-gpu-cpu is not installed (``pip install fbgemm-gpu-cpu==1.8.0``).
+- ``fbgemm, reading its data``: the same FBGEMM loop reading the same Parquet files pass by pass and mapping keys to
+  rows as ``pytorch, reading its data`` does (:func:`run_fbgemm_reading`): from the same input to the same trained
+  model as hier_ps's whole run. The whole run's ratio to it compares like with like; the ratio to ``fbgemm`` gives
+  FBGEMM its reading and key mapping for free.
 
 All sides run in one process, under one OpenMP setting: hier_ps, imported before torch, sets ``GOMP_SPINCOUNT=20000``
 (libgomp's idle workers spin 20,000 rounds instead of 300,000) unless the environment sets it or ``OMP_WAIT_POLICY``;
@@ -41,8 +45,8 @@ All sides run in one process, under one OpenMP setting: hier_ps, imported before
 says which held.
 
 With ``--repeats N`` the sides run in N alternating rounds (ours, ours with the small cache, PyTorch, PyTorch with
-bmm, PyTorch reading, PyTorch reading with bmm, FBGEMM, then again) and each side's median is reported: the machine
-is shared, and alternating spreads slow spells over all sides.
+bmm, PyTorch reading, PyTorch reading with bmm, FBGEMM, FBGEMM reading, then again) and each side's median is
+reported: the machine is shared, and alternating spreads slow spells over all sides.
 
 Usage: ``python benchmarks/e2e_bench.py [--rows 200000] [--passes 4] [--batch 4096] [--dim 16] [--repeats 1]``;
 prints a table and a JSON line.
@@ -124,7 +128,9 @@ def _planned(cfg: hp.Config, rows: int) -> tuple:
     return chunk, slot_tables, plan_pass(chunk, slot_tables, cfg.train.batch_size, 0, for_training=False)
 
 
-def run_fbgemm(cfg: hp.Config, rows: int) -> dict | None:
+def _fbgemm_side(cfg: hp.Config, rows: int) -> tuple | None:
+    """FBGEMM's side, built: (plan of all rows as one pass, slot -> table, slots, dim, model, TBE module, dense
+    optimizer), or None when fbgemm-gpu-cpu is not installed or the tables' dims differ."""
     try:
         from fbgemm_gpu.split_table_batched_embeddings_ops_common import EmbeddingLocation, PoolingMode
         from fbgemm_gpu.split_table_batched_embeddings_ops_training import (
@@ -134,7 +140,7 @@ def run_fbgemm(cfg: hp.Config, rows: int) -> dict | None:
         )
     except ImportError:
         return None
-    chunk, slot_tables, plan = _planned(cfg, rows)
+    _, slot_tables, plan = _planned(cfg, rows)
     tables = list(plan.keys)
     slots = list(slot_tables)
     dims = {s: cfg.table(slot_tables[s]).dim for s in slots}
@@ -152,29 +158,89 @@ def run_fbgemm(cfg: hp.Config, rows: int) -> dict | None:
         pooling_mode=PoolingMode.MEAN,  # single-hot slots: the same as sum
     )
     dense_opt = _dense_optimizer(cfg.dense_optimizer, model.parameters())  # as hier_ps's: fused where torch can
+    return plan, slot_tables, slots, dim, model, emb, dense_opt
+
+
+def _fbgemm_inputs(slots: list[str], parts: dict[str, tuple[np.ndarray, np.ndarray]]) -> tuple:
+    """One batch's table-batched TBE inputs (indices int64[nnz], offsets int64[S*B+1]) from each slot's (offsets
+    int64[B+1] from 0, rows int64[nnz_s])."""
+    idx, offs, base = [], [], 0
+    for s in slots:
+        off, rows = parts[s]
+        idx.append(rows)
+        offs.append(off[:-1] + base)
+        base += int(off[-1])
+    offsets = torch.from_numpy(np.concatenate([*offs, [base]]).astype(np.int64))
+    return torch.from_numpy(np.concatenate(idx).astype(np.int64)), offsets
+
+
+def _fbgemm_step(side: tuple, indices: torch.Tensor, offsets: torch.Tensor, dense: np.ndarray, labels: np.ndarray):
+    _, _, slots, dim, model, emb, dense_opt = side
+    out = emb(indices, offsets)
+    # One split, as TorchRec's KeyedTensor.to_dict: its backward is one concatenation, where a slice per slot
+    # would give each slot's gradient as a zero-filled copy of the whole output, summed.
+    sparse = dict(zip(slots, torch.split(out, dim, dim=1), strict=True))
+    logits = model(torch.from_numpy(dense), sparse).reshape(len(dense), -1)
+    loss = F.binary_cross_entropy_with_logits(logits, torch.from_numpy(labels))
+    dense_opt.zero_grad(set_to_none=True)
+    loss.backward()  # the row-wise Adagrad update of the touched rows happens here, fused
+    dense_opt.step()
+
+
+def run_fbgemm(cfg: hp.Config, rows: int) -> dict | None:
+    """FBGEMM's training loop given every batch's inputs built before timing."""
+    side = _fbgemm_side(cfg, rows)
+    if side is None:
+        return None
+    plan, _, slots = side[:3]
     inputs = []
     for i in range(plan.num_batches):
         b = plan.batch(i)
-        parts, offs, base = [], [], 0
-        for s in slots:
-            off, idx = b.slots[s]
-            parts.append(idx)
-            offs.append(off[:-1] + base)
-            base += int(off[-1])
-        offsets = torch.from_numpy(np.concatenate([*offs, [base]]).astype(np.int64))
-        inputs.append((b, torch.from_numpy(np.concatenate(parts).astype(np.int64)), offsets))
+        inputs.append((b, *_fbgemm_inputs(slots, b.slots)))
     t0, c0 = time.perf_counter(), time.process_time()
     for b, indices, offsets in inputs:
-        out = emb(indices, offsets)
-        # One split, as TorchRec's KeyedTensor.to_dict: its backward is one concatenation, where a slice per slot
-        # would give each slot's gradient as a zero-filled copy of the whole output, summed.
-        sparse = dict(zip(slots, torch.split(out, dim, dim=1), strict=True))
-        logits = model(torch.from_numpy(b.dense), sparse).reshape(len(b), -1)
-        loss = F.binary_cross_entropy_with_logits(logits, torch.from_numpy(b.labels))
-        dense_opt.zero_grad(set_to_none=True)
-        loss.backward()  # the row-wise Adagrad update of the touched rows happens here, fused
-        dense_opt.step()
-    return {"examples": len(chunk), "train_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0}
+        _fbgemm_step(side, indices, offsets, b.dense, b.labels)
+    return {"examples": plan.num_examples, "train_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0}
+
+
+def _read_mapped(cfg: hp.Config, vocab: dict[str, np.ndarray], slot_tables: dict[str, str]):
+    """The reading sides' input, batch by batch: the train Parquet files read pass by pass (hier_ps's reader), each
+    pass's keys mapped to rows with ``np.searchsorted`` in every table's sorted vocabulary, then cut into batches.
+
+    Yields:
+        (dense float32[B, D], labels float32[B, T], slot -> (offsets int64[B+1] from 0, rows int64[nnz])).
+    """
+    reader = ParquetReader(
+        cfg.data.train, label=cfg.data.labels, dense=cfg.data.dense, slots={s.name: s.column for s in cfg.data.sparse}
+    )
+    bs = cfg.train.batch_size
+    for part in reader.iter_chunks(int(cfg.train.pass_examples)):
+        local = {s: np.searchsorted(vocab[slot_tables[s]], keys) for s, (_, keys) in part.sparse.items()}
+        for lo in range(0, len(part), bs):
+            hi = min(lo + bs, len(part))
+            cut = {}
+            for slot, (off, _) in part.sparse.items():
+                a, b = int(off[lo]), int(off[hi])
+                cut[slot] = (off[lo : hi + 1] - a, local[slot][a:b])
+            yield part.dense[lo:hi], part.labels[lo:hi], cut
+
+
+def run_fbgemm_reading(cfg: hp.Config, rows: int) -> dict | None:
+    """FBGEMM's training loop reading its own data, as :func:`run_pytorch_reading` does: the same Parquet files
+    pass by pass, each pass's keys mapped to rows with ``np.searchsorted`` in every table's sorted vocabulary
+    (built before timing), the table-batched inputs built per batch, then the same steps as :func:`run_fbgemm`. One
+    plain loop: reading and mapping do not overlap training."""
+    side = _fbgemm_side(cfg, rows)
+    if side is None:
+        return None
+    plan, slot_tables, slots = side[:3]
+    n = 0
+    t0, c0 = time.perf_counter(), time.process_time()
+    for dense, labels, cut in _read_mapped(cfg, plan.keys, slot_tables):
+        indices, offsets = _fbgemm_inputs(slots, cut)
+        _fbgemm_step(side, indices, offsets, dense, labels)
+        n += len(dense)
+    return {"examples": n, "train_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0}
 
 
 def run_pytorch(cfg: hp.Config, rows: int) -> dict:
@@ -229,34 +295,27 @@ def run_pytorch_reading(cfg: hp.Config, rows: int) -> dict:
     dense_opt = _dense_optimizer(cfg.dense_optimizer, model.parameters())  # as hier_ps's: fused where torch can
     sparse_opt = torch.optim.Adagrad(bags.parameters(), lr=cfg.sparse_optimizer.lr)
     pooling = {s.name: s.pooling.value for s in cfg.data.sparse}
-    reader = ParquetReader(
-        cfg.data.train, label=cfg.data.labels, dense=cfg.data.dense, slots={s.name: s.column for s in cfg.data.sparse}
-    )
-    bs, n = cfg.train.batch_size, 0
+    n = 0
     t0, c0 = time.perf_counter(), time.process_time()
-    for part in reader.iter_chunks(int(cfg.train.pass_examples)):
-        local = {s: np.searchsorted(vocab[slot_tables[s]], keys) for s, (_, keys) in part.sparse.items()}
-        for lo in range(0, len(part), bs):
-            hi = min(lo + bs, len(part))
-            sparse = {}
-            for slot, (off, _) in part.sparse.items():
-                a, b = int(off[lo]), int(off[hi])
-                sparse[slot] = F.embedding_bag(
-                    torch.from_numpy(local[slot][a:b]),
-                    bags[slot_tables[slot]].weight,
-                    torch.from_numpy(off[lo : hi + 1] - a),
-                    mode=pooling[slot],
-                    sparse=True,
-                    include_last_offset=True,
-                )
-            logits = model(torch.from_numpy(part.dense[lo:hi]), sparse).reshape(hi - lo, -1)
-            loss = F.binary_cross_entropy_with_logits(logits, torch.from_numpy(part.labels[lo:hi]))
-            dense_opt.zero_grad(set_to_none=True)
-            sparse_opt.zero_grad(set_to_none=True)
-            loss.backward()
-            dense_opt.step()
-            sparse_opt.step()
-        n += len(part)
+    for dense, labels, cut in _read_mapped(cfg, vocab, slot_tables):
+        sparse = {}
+        for slot, (off, rows) in cut.items():
+            sparse[slot] = F.embedding_bag(
+                torch.from_numpy(rows),
+                bags[slot_tables[slot]].weight,
+                torch.from_numpy(off),
+                mode=pooling[slot],
+                sparse=True,
+                include_last_offset=True,
+            )
+        logits = model(torch.from_numpy(dense), sparse).reshape(len(dense), -1)
+        loss = F.binary_cross_entropy_with_logits(logits, torch.from_numpy(labels))
+        dense_opt.zero_grad(set_to_none=True)
+        sparse_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        dense_opt.step()
+        sparse_opt.step()
+        n += len(dense)
     return {"examples": n, "train_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0}
 
 
@@ -277,7 +336,16 @@ def main() -> None:
     args = p.parse_args()
     if args.threads:  # on a shared machine, 1 thread per side avoids OpenMP spinning against the other users
         torch.set_num_threads(args.threads)
-    sides = ("ours", "small", "pytorch", "pytorch_bmm", "pytorch_reading", "pytorch_reading_bmm", "fbgemm")
+    sides = (
+        "ours",
+        "small",
+        "pytorch",
+        "pytorch_bmm",
+        "pytorch_reading",
+        "pytorch_reading_bmm",
+        "fbgemm",
+        "fbgemm_reading",
+    )
     runs: dict[str, list] = {side: [] for side in sides}
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "data"
@@ -295,6 +363,7 @@ def main() -> None:
             with bmm_interaction():
                 runs["pytorch_reading_bmm"].append(run_pytorch_reading(cfg, args.rows))
             runs["fbgemm"].append(run_fbgemm(cfg, args.rows))
+            runs["fbgemm_reading"].append(run_fbgemm_reading(cfg, args.rows))
     ours, ours_small = _median_run(runs["ours"]), _median_run(runs["small"])
     # Each PyTorch side at the faster of its two interaction paths (the C kernel or torch's bmm)
     base, base_bmm = _median_run(runs["pytorch"]), _median_run(runs["pytorch_bmm"])
@@ -302,6 +371,7 @@ def main() -> None:
     base = base if base["train_s"] <= base_bmm["train_s"] else base_bmm
     base_io = io if io["train_s"] <= io_bmm["train_s"] else io_bmm
     fb = _median_run(runs["fbgemm"]) if all(runs["fbgemm"]) else None
+    fb_io = _median_run(runs["fbgemm_reading"]) if all(runs["fbgemm_reading"]) else None
     res = {
         "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch "
         f"{torch.__version__}",
@@ -334,13 +404,21 @@ def main() -> None:
     res["fbgemm_train_ex_s"] = fb["examples"] / fb["train_s"] if fb else None
     res["ratio_vs_fbgemm"] = res["hier_ps_pass_ex_s"] / res["fbgemm_train_ex_s"] if fb else None
     res["ratio_train_vs_fbgemm"] = res["hier_ps_train_ex_s"] / res["fbgemm_train_ex_s"] if fb else None
+    res["fbgemm_reading_ex_s"] = fb_io["examples"] / fb_io["train_s"] if fb_io else None
+    res["ratio_vs_fbgemm_reading"] = res["hier_ps_pass_ex_s"] / res["fbgemm_reading_ex_s"] if fb_io else None
     res["ratio_train"] = res["hier_ps_train_ex_s"] / res["pytorch_train_ex_s"]
     res["ratio_pass"] = res["hier_ps_pass_ex_s"] / res["pytorch_train_ex_s"]
     res["ratio_pass_vs_pytorch_reading"] = res["hier_ps_pass_ex_s"] / res["pytorch_reading_ex_s"]
     # passes 2.. only: the first pass's read + plan + pull cannot hide behind anything (its share shrinks with the
     # number of passes); this is the rate of a long run's steady state
-    res["hier_ps_steady_ex_s"] = (ours["examples"] - ours["first_examples"]) / ours["pass_s_after_first"]
-    res["ratio_steady_vs_pytorch_reading"] = res["hier_ps_steady_ex_s"] / res["pytorch_reading_ex_s"]
+    # (none with one pass)
+    steady = ours["passes"] > 1
+    res["hier_ps_steady_ex_s"] = (
+        (ours["examples"] - ours["first_examples"]) / ours["pass_s_after_first"] if steady else None
+    )
+    res["ratio_steady_vs_pytorch_reading"] = (
+        res["hier_ps_steady_ex_s"] / res["pytorch_reading_ex_s"] if steady else None
+    )
     # CPU seconds (all threads of the process) per example: less sensitive to other users of a shared machine than
     # wall time, but blind to overlap. hier_ps's count covers its whole fit (read, plan, pull, load, train, push, all
     # threads); the baselines' only their training loops.
@@ -350,6 +428,7 @@ def main() -> None:
         "pytorch": 1e6 * base["cpu_s"] / base["examples"],
         "pytorch_reading": 1e6 * base_io["cpu_s"] / base_io["examples"],
         "fbgemm": 1e6 * fb["cpu_s"] / fb["examples"] if fb else None,
+        "fbgemm_reading": 1e6 * fb_io["cpu_s"] / fb_io["examples"] if fb_io else None,
     }
     res["all_runs_ex_s"] = {
         side: [(r["examples"] / (r["pass_s"] if "pass_s" in r else r["train_s"])) if r else None for r in side_runs]
@@ -359,14 +438,18 @@ def main() -> None:
     print(f"{'hier_ps train stage':<32}{res['hier_ps_train_ex_s']:>14,.0f}")
     print(f"{'hier_ps whole run':<32}{res['hier_ps_pass_ex_s']:>14,.0f}")
     print(f"{'hier_ps whole run, cache 1/10':<32}{res['hier_ps_small_cache_ex_s']:>14,.0f}")
-    print(f"{'hier_ps passes 2.. (steady)':<32}{res['hier_ps_steady_ex_s']:>14,.0f}")
+    if steady:
+        print(f"{'hier_ps passes 2.. (steady)':<32}{res['hier_ps_steady_ex_s']:>14,.0f}")
     pt, ptr = res["pytorch_interaction"], res["pytorch_reading_interaction"]
     print(f"{'pytorch EmbeddingBag+Adagrad':<32}{res['pytorch_train_ex_s']:>14,.0f}  (interaction: {pt})")
     print(f"{'pytorch, reading its data':<32}{res['pytorch_reading_ex_s']:>14,.0f}  (interaction: {ptr})")
     if fb:
         print(f"{'fbgemm TBE fused rw-Adagrad':<32}{res['fbgemm_train_ex_s']:>14,.0f}")
+        print(f"{'fbgemm, reading its data':<32}{res['fbgemm_reading_ex_s']:>14,.0f}")
         print(
-            f"ratio vs fbgemm: whole run {res['ratio_vs_fbgemm']:.2f}x, train stage {res['ratio_train_vs_fbgemm']:.2f}x"
+            f"ratio vs fbgemm given its batches: whole run {res['ratio_vs_fbgemm']:.2f}x, train stage "
+            f"{res['ratio_train_vs_fbgemm']:.2f}x; vs fbgemm reading its data: whole run "
+            f"{res['ratio_vs_fbgemm_reading']:.2f}x"
         )
     else:
         print("fbgemm: not installed, skipped")
@@ -376,14 +459,15 @@ def main() -> None:
     )
     print(f"ratio (train stage / pytorch): {res['ratio_train']:.2f}x; (whole run / pytorch): {res['ratio_pass']:.2f}x")
     print(
-        f"ratio vs pytorch reading its data: whole run {res['ratio_pass_vs_pytorch_reading']:.2f}x, "
-        f"passes 2.. {res['ratio_steady_vs_pytorch_reading']:.2f}x"
+        f"ratio vs pytorch reading its data: whole run {res['ratio_pass_vs_pytorch_reading']:.2f}x"
+        + (f", passes 2.. {res['ratio_steady_vs_pytorch_reading']:.2f}x" if steady else "")
     )
-    print(
-        f"passes 2..{ours['passes']}: read + plan {ours['background_s']:.2f} s and pull + push "
-        f"{ours['pull_push_s']:.2f} s in the background, {ours['exposed_s']:.3f} s exposed "
-        f"({100 * res['exposed_share_of_wall']:.1f}% of their wall time); load {ours['load_s']:.2f} s in all"
-    )
+    if steady:
+        print(
+            f"passes 2..{ours['passes']}: read + plan {ours['background_s']:.2f} s and pull + push "
+            f"{ours['pull_push_s']:.2f} s in the background, {ours['exposed_s']:.3f} s exposed "
+            f"({100 * res['exposed_share_of_wall']:.1f}% of their wall time); load {ours['load_s']:.2f} s in all"
+        )
     print(
         "CPU us per example (all threads): "
         + ", ".join(f"{k} {v:.1f}" for k, v in res["cpu_us_per_example"].items() if v)
