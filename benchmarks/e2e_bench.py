@@ -60,6 +60,7 @@ import os
 import platform
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 # isort: off
@@ -174,7 +175,10 @@ def _fbgemm_inputs(slots: list[str], parts: dict[str, tuple[np.ndarray, np.ndarr
     return torch.from_numpy(np.concatenate(idx).astype(np.int64)), offsets
 
 
-def _fbgemm_step(side: tuple, indices: torch.Tensor, offsets: torch.Tensor, dense: np.ndarray, labels: np.ndarray):
+def _fbgemm_step(
+    side: tuple, indices: torch.Tensor, offsets: torch.Tensor, dense: np.ndarray, labels: np.ndarray
+) -> None:
+    """One training step of FBGEMM's side (see :func:`_fbgemm_side`) on one batch's TBE inputs."""
     _, _, slots, dim, model, emb, dense_opt = side
     out = emb(indices, offsets)
     # One split, as TorchRec's KeyedTensor.to_dict: its backward is one concatenation, where a slice per slot
@@ -203,7 +207,9 @@ def run_fbgemm(cfg: hp.Config, rows: int) -> dict | None:
     return {"examples": plan.num_examples, "train_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0}
 
 
-def _read_mapped(cfg: hp.Config, vocab: dict[str, np.ndarray], slot_tables: dict[str, str]):
+def _read_mapped(
+    cfg: hp.Config, vocab: dict[str, np.ndarray], slot_tables: dict[str, str]
+) -> Iterator[tuple[np.ndarray, np.ndarray, dict[str, tuple[np.ndarray, np.ndarray]]]]:
     """The reading sides' input, batch by batch: the train Parquet files read pass by pass (hier_ps's reader), each
     pass's keys mapped to rows with ``np.searchsorted`` in every table's sorted vocabulary, then cut into batches.
 
