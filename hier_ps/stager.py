@@ -166,14 +166,11 @@ def stage_rows(
     for name, (shared, src, new) in split.items():
         rows, n_new = got[name]
         nbytes += rows.nbytes
+        emb, state, meta = specs[name].layout.views(rows)
         if pin:  # contiguous pinned copies, for asynchronous copies to the GPU
-            emb, state, meta = specs[name].layout.unpack(rows)
             emb_t, state_t = _pinned(emb), _pinned(state)
-        else:  # views of the packed rows: the assembly's C row moves read strided rows as fast, and no copy is made
-            d, w = specs[name].dim, specs[name].layout.state
-            packed = torch.from_numpy(rows)
-            emb_t, state_t = packed[:, :d], packed[:, d : d + w]
-            meta = np.ascontiguousarray(rows[:, d + w :]).view(np.int64).reshape(len(rows), 2)
+        else:  # views of the packed rows: the assembly's C row moves read strided rows in place, no copy made
+            emb_t, state_t = torch.from_numpy(emb), torch.from_numpy(state)
         out[name] = StagedTable(shared, src, new, emb_t, state_t, meta, n_new)
     return out, nbytes
 

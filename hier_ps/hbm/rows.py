@@ -144,11 +144,17 @@ class RowLayout:
         out[:, self.dim + self.state :] = np.ascontiguousarray(meta, dtype=np.int64).view(np.float32).reshape(n, 4)
         return out
 
-    def unpack(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """float32[n, width] -> (emb float32[n, dim], state float32[n, S], meta int64[n, 2]) as copies."""
+    def views(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """float32[n, width] -> (emb float32[n, dim], state float32[n, S]) as strided views of `rows`, and meta
+        int64[n, 2] as a copy."""
         d, s = self.dim, self.state
         meta = np.ascontiguousarray(rows[:, d + s :]).view(np.int64).reshape(len(rows), 2)
-        return rows[:, :d].copy(), rows[:, d : d + s].copy(), meta
+        return rows[:, :d], rows[:, d : d + s], meta
+
+    def unpack(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """float32[n, width] -> (emb float32[n, dim], state float32[n, S], meta int64[n, 2]) as copies."""
+        emb, state, meta = self.views(rows)
+        return emb.copy(), state.copy(), meta
 
     def new_rows(self, seed: int, table: str, keys: np.ndarray, init: InitConfig) -> np.ndarray:
         """Packed initial rows: initial embedding, zero optimizer state, count 0, last_pass -1."""

@@ -159,10 +159,8 @@ def test_row_moves_of_column_slices_of_packed_rows_equal_the_twins(
         cpu.scatter_rows(d_c, dst_idx, src[:40_000])
         TWINS.scatter_rows(d_t, dst_idx, src[:40_000])
         assert torch.equal(d_c, d_t) and d_c.abs().sum() > 0
-        wide_c, wide_t = (
-            torch.zeros(50_000, 21),
-            torch.zeros(50_000, 21),
-        )  # a strided destination, its other columns kept
+        # a strided destination, its other columns kept
+        wide_c, wide_t = torch.zeros(50_000, 21), torch.zeros(50_000, 21)
         cpu.copy_rows(wide_c[:, lo:hi], dst_idx, src, src_idx)
         TWINS.copy_rows(wide_t[:, lo:hi], dst_idx, src, src_idx)
         assert torch.equal(wide_c, wide_t) and wide_c[:, lo:hi].abs().sum() > 0
