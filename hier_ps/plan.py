@@ -267,10 +267,10 @@ def _plan_table(
     parts = [chunk.sparse[s][1] for s in slots]
     sizes = [len(p) for p in parts]
     all_keys = np.concatenate(parts) if len(parts) > 1 else parts[0]
+    fast = _c_planner()
     if unique is None:
         # C hashes where at most half of the occurrences are distinct keys (2-4x faster up to a quarter; on a Zen 4
         # 2-3x up to a half, benchmarks/RESULTS.md session 10), else a sort
-        fast = _c_planner()
         res = fast.unique_inverse_counts(all_keys, len(all_keys) // 2) if fast is not None else None
         uniq, loc, cnt = res if res is not None else _unique_inverse_counts(all_keys)
     else:
@@ -279,7 +279,8 @@ def _plan_table(
     loc = loc.astype(np.int64, copy=False).reshape(-1)
     n_rows = len(uniq)
     out: dict[str, Any] = {}
-    if for_training:
+    occ_example = occ_batch = None
+    if for_training and (fast is None or (admit is not None and admitted)):  # C plans from the slots' offsets
         example_of = [_example_of(chunk.sparse[s][0]) for s in slots]
         occ_example = np.concatenate(example_of) if len(example_of) > 1 else example_of[0]
         occ_batch = occ_example // batch_size
@@ -293,12 +294,12 @@ def _plan_table(
         return out
 
     n_ws = max(n_rows, 1)
-    fast = _c_planner()
-    if fast is not None:  # the same arrays from one C pass (cpu_kernels/plan.c)
-        res = fast.plan_batches(loc, occ_batch, occ_example, n_ws, n_batches, bounds)
+    if fast is not None:  # the same arrays from one C pass over the chunk's own offsets (cpu_kernels/plan.c)
+        res = fast.plan_batches(loc, [chunk.sparse[s][0] for s in slots], batch_size, n_ws)
         rel = res.pop("rel")
         out.update(res)
     else:
+        assert occ_example is not None and occ_batch is not None
         # Unique (batch, row) pairs of the occurrences, sorted by batch, then by row: one stable sort, which also
         # orders each batch's occurrences by row (ties in occurrence order) for the gradient sum.
         code = occ_batch * n_ws + loc

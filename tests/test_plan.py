@@ -263,26 +263,32 @@ def test_the_c_planner_plans_as_numpy_on_larger_passes(seed: int) -> None:
     _assert_same_plan(got, want)
 
 
-@pytest.mark.parametrize("ascending", [True, False])
-def test_the_c_planner_by_batch_and_by_whole_pass_sorts_agree(ascending: bool) -> None:
-    """The C planner's two ways (batch by batch where each slot's occurrences ascend by batch, as a pass's do; two
-    whole-pass sorts otherwise) against the definition: occurrences sorted by (batch, row), ties in occurrence
-    order."""
+@pytest.mark.parametrize("n_rows", [3, 70_000, 5_000_000])  # rows past 2**22: three radix digits
+def test_the_c_planner_sorts_each_batch_by_row_stably(n_rows: int) -> None:
+    """The C planner, reading each slot's CSR offsets (multi-hot slots, empty bags, a slot with no occurrence,
+    offsets not starting at 0, a short last batch), against the definition: occurrences sorted by (batch, row),
+    ties in occurrence order."""
     if plan_mod._c_planner() is None:
         pytest.skip("no C planner here (no compiler)")
     from hier_ps.hbm import cpu_kernels
 
     rng = np.random.default_rng(4)
-    bounds = np.array([0, 3000, 3001, 7000, 7000, 9000], np.int64)  # an empty slot, a one-occurrence slot
-    n, n_rows, n_batches = int(bounds[-1]), 70_000, 9  # rows past 2**16: three radix digits
+    n_examples, batch_size = 900, 100 if n_rows > 3 else 128
+    offsets, examples = [], []
+    for max_len in (3, 1, 0, 2):
+        lens = rng.integers(0, max_len + 1, n_examples) if max_len != 1 else np.ones(n_examples, np.int64)
+        off = np.zeros(n_examples + 1, np.int64)
+        np.cumsum(lens, out=off[1:])
+        offsets.append(off + 7 * max_len)  # a chunk's offsets need not start at 0
+        examples.append(np.repeat(np.arange(n_examples), lens))
+    example = np.concatenate(examples)
+    n = len(example)
     loc = rng.integers(0, n_rows, n)
-    loc[rng.random(n) < 0.2] = 5  # a hot row
-    example = rng.integers(0, 900, n)
-    if ascending:
-        for s in range(len(bounds) - 1):
-            example[bounds[s] : bounds[s + 1]].sort()
-    batch = example // 100
-    got = cpu_kernels.plan_batches(loc, batch, example, n_rows, n_batches, bounds)
+    loc[rng.random(n) < 0.2] = n_rows // 2  # a hot row
+    batch = example // batch_size
+    got = cpu_kernels.plan_batches(loc, offsets, batch_size, n_rows)
+    n_batches = -(-n_examples // batch_size)
+    bounds = np.cumsum([0, *(len(e) for e in examples)])
     perm = np.lexsort((np.arange(n), loc, batch))
     pair = batch[perm] * n_rows + loc[perm]
     first = np.r_[True, pair[1:] != pair[:-1]]
@@ -296,3 +302,5 @@ def test_the_c_planner_by_batch_and_by_whole_pass_sorts_agree(ascending: bool) -
     rel = np.empty(n, np.int64)
     rel[perm] = np.cumsum(first) - 1 - got["urow_offsets"][batch[perm]]
     assert np.array_equal(got["rel"], rel)
+    with pytest.raises(ValueError, match="plan_batches"):
+        cpu_kernels.plan_batches(loc[:-1], offsets, batch_size, n_rows)

@@ -151,7 +151,7 @@ def _build_and_load() -> None:
     fn.restype = ctypes.c_int
     lib.move_rows_fp32.argtypes = [p, p, i64, p, p, i64, i64, ctypes.c_int, ctypes.c_int]
     lib.move_rows_fp32.restype = ctypes.c_int
-    lib.plan_batches.argtypes = [p, p, p, i64, i64, i64, p, ctypes.c_int, p, p, p, p, p, p, p]
+    lib.plan_batches.argtypes = [p, p, i64, i64, i64, i64, p, ctypes.c_int, p, p, p, p, p, p, p]
     lib.plan_batches.restype = i64
     lib.unique_inverse_counts_u64.argtypes = [p, i64, i64, p, p, p]
     lib.unique_inverse_counts_u64.restype = i64
@@ -184,24 +184,33 @@ def optional() -> ctypes.CDLL | None:
     return _OPTIONAL
 
 
-def plan_batches(
-    loc: np.ndarray, batch: np.ndarray, example: np.ndarray, n_rows: int, n_batches: int, bounds: np.ndarray
-) -> dict[str, np.ndarray]:
+def plan_batches(loc: np.ndarray, offsets: list[np.ndarray], batch_size: int, n_rows: int) -> dict[str, np.ndarray]:
     """One table's per-batch plan in C (``cpu_kernels/plan.c``): the PassPlan fields ``urow_offsets``, ``urows``,
     ``urow_counts``, ``occ_offsets``, ``sorted_slot``, ``sorted_example`` and the positions ``rel`` (int64[n]) of
     each occurrence among its batch's unique rows, exactly as :func:`hier_ps.plan._plan_table` computes them.
 
+    The occurrences are read as a pass's chunk holds them, without per-occurrence batch or example arrays.
+
     Args:
-        loc, batch, example: int64[n] each occurrence's row in [0, n_rows), batch in [0, n_batches), example.
-        bounds: int64[slots+1] the slots' occurrence boundaries.
+        loc: int64[n] each occurrence's row in [0, n_rows), the table's slots' occurrences concatenated in slot order.
+        offsets: each of the table's slots' CSR offsets (int64[examples+1]), in slot order.
+        batch_size: batch b is examples [b * batch_size, (b + 1) * batch_size).
+        n_rows: rows of the working set.
 
     Raises:
         RuntimeError: the library cannot be built (:func:`load`).
-        MemoryError: the kernel's temporaries (3 int64 per occurrence) could not be allocated.
+        MemoryError: the kernel's scratch (6 int64 per occurrence of the largest batch) could not be allocated.
+        ValueError: `loc` is not as long as the slots' occurrences, or the slots' offsets differ in length.
     """
-    fn = load().plan_batches
-    n = len(loc)
-    loc, batch, example, bounds = (np.ascontiguousarray(a, np.int64) for a in (loc, batch, example, bounds))
+    offsets = [np.ascontiguousarray(o, np.int64) for o in offsets]
+    n_examples = len(offsets[0]) - 1
+    n_batches = -(-n_examples // batch_size)
+    bounds = np.cumsum([0, *(int(o[-1] - o[0]) for o in offsets)], dtype=np.int64)
+    n = int(bounds[-1])
+    loc = np.ascontiguousarray(loc, np.int64)
+    if len(loc) != n or any(len(o) != n_examples + 1 for o in offsets):
+        raise ValueError(f"plan_batches: {len(loc)} rows for {n} occurrences, or slots of unequal lengths")
+    ptrs = (ctypes.c_void_p * len(offsets))(*(o.ctypes.data for o in offsets))
     out = {
         "urow_offsets": np.empty(n_batches + 1, np.int64),
         "urows": np.empty(n, np.int64),
@@ -211,10 +220,9 @@ def plan_batches(
         "sorted_example": np.empty(n, np.int32),
         "rel": np.empty(n, np.int64),
     }
-    args = [a.ctypes.data for a in (loc, batch, example)]
-    args += [n, max(n_rows, 1), n_batches, bounds.ctypes.data, len(bounds) - 1]
-    args += [out[k].ctypes.data for k in out]
-    pairs = fn(*args)
+    args = [loc.ctypes.data, ctypes.cast(ptrs, ctypes.c_void_p), n_examples, batch_size, max(n_rows, 1), n_batches]
+    args += [bounds.ctypes.data, len(offsets)] + [out[k].ctypes.data for k in out]
+    pairs = load().plan_batches(*args)
     if pairs < 0:
         raise MemoryError(f"plan_batches: out of memory for {n} occurrences")
     out["urows"], out["urow_counts"] = out["urows"][:pairs].copy(), out["urow_counts"][:pairs].copy()
