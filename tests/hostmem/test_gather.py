@@ -74,3 +74,17 @@ def test_read_only_inputs() -> None:
     dst = np.zeros((10, 2), np.float32)
     mover.scatter(dst, np.array([2, 5]), src[:2])
     np.testing.assert_array_equal(dst[[2, 5]], src[:2])
+
+
+def test_a_scatter_to_one_ascending_run_of_rows_writes_those_rows_only() -> None:
+    """The slice-copy path (idx one ascending run) against numpy, beside runs that only look like one."""
+    rng = np.random.default_rng(0)
+    src = rng.standard_normal((50, 3)).astype(np.float32)
+    mover = RowMover(2, 1)
+    for idx in (np.arange(7, 19), np.array([4]), np.array([9, 8, 10]), np.array([3, 5, 4, 6]), np.arange(50)):
+        rows = rng.standard_normal((len(idx), 3)).astype(np.float32)
+        dst, want = src.copy(), src.copy()
+        want[idx] = rows
+        mover.scatter(dst, idx, rows)
+        np.testing.assert_array_equal(dst, want)
+    mover.close()
