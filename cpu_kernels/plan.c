@@ -26,8 +26,8 @@ typedef int64_t i64;
 // occurrence order), rel[n] (each occurrence's position among its batch's unique rows). Returns n_pairs, or -1
 // when out of memory (nothing usable is written then).
 i64 plan_batches(const i64* loc, const i64* const* offsets, i64 n_examples, i64 batch_size, i64 n_rows,
-                     i64 n_batches, const i64* bounds, int n_slots, i64* urow_offsets, i64* urows, i64* urow_counts,
-                     i64* occ_offsets, int16_t* sorted_slot, int32_t* sorted_example, i64* rel) {
+                 i64 n_batches, const i64* bounds, int n_slots, i64* urow_offsets, i64* urows, i64* urow_counts,
+                 i64* occ_offsets, int16_t* sorted_slot, int32_t* sorted_example, i64* rel) {
   i64 most = 0;  // the largest batch, for the scratch
   for (i64 b = 0; b < n_batches; ++b) {
     const i64 x0 = b * batch_size, x1 = x0 + batch_size < n_examples ? x0 + batch_size : n_examples;

@@ -83,13 +83,14 @@ class RowMover:
     def scatter(self, dst: np.ndarray, idx: np.ndarray, rows: np.ndarray) -> None:
         """``dst[idx] = rows``: dst float32[m, w] (C-contiguous), idx int[n] distinct, rows float32[n, w].
 
-        Rows bound for one ascending run of slots (the host cache's fresh slots are) are one slice copy: a memcpy,
-        which writes fresh pages several times faster than ``index_copy_`` does (benchmarks/RESULTS.md, session 12).
+        Rows bound for one ascending run of slots (the host cache's fresh slots are) are one slice copy, a memcpy
+        without the GIL: never slower than ``index_copy_`` in scratch timings, into fresh pages 11-14 against 14-124
+        ns a row (benchmarks/RESULTS.md, session 12).
         """
         if not len(idx):
             return
         first = int(idx[0])
-        if int(idx[-1]) - first == len(idx) - 1 and (len(idx) == 1 or bool((np.diff(idx) == 1).all())):
+        if first >= 0 and int(idx[-1]) - first == len(idx) - 1 and (len(idx) == 1 or bool((np.diff(idx) == 1).all())):
             dst[first : first + len(idx)] = rows
             return
         idx_t = torch.from_numpy(np.ascontiguousarray(idx, np.int64))
