@@ -279,8 +279,10 @@ def _plan_table(
     loc = loc.astype(np.int64, copy=False).reshape(-1)
     n_rows = len(uniq)
     out: dict[str, Any] = {}
+    # Each occurrence's example and batch, for numpy's per-batch plan and for admission; the C planner reads the
+    # slots' offsets instead.
     occ_example = occ_batch = None
-    if for_training and (fast is None or (admit is not None and admitted)):  # C plans from the slots' offsets
+    if for_training and (fast is None or (admit is not None and admitted)):
         example_of = [_example_of(chunk.sparse[s][0]) for s in slots]
         occ_example = np.concatenate(example_of) if len(example_of) > 1 else example_of[0]
         occ_batch = occ_example // batch_size
