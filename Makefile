@@ -28,8 +28,8 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix .
 
 bench: $(STAMP)
-	$(BIN)/pip install -q rocksdict
-	$(BIN)/python benchmarks/e2e_bench.py
+	$(BIN)/pip install -q rocksdict fbgemm-gpu-cpu==1.8.0
+	$(BIN)/python benchmarks/e2e_bench.py --rows 400000 --repeats 3
 	$(BIN)/python benchmarks/ssd_bench.py
 	$(BIN)/python benchmarks/serve_bench.py
 	$(BIN)/python benchmarks/scale_bench.py

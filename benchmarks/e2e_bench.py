@@ -14,6 +14,14 @@ What each side's number includes:
   Checkpoints and eval are off.
 - ``hier_ps whole run, model 10x the host cache``: the same with ``store.host_cache_bytes`` a tenth of the model's row
   bytes (rows go to and come from the SSD store, in the background).
+- ``hier_ps train stage, one pass``: the train stage of a fit whose one pass holds every example (``pass_examples``
+  = all rows: the whole model is one working set, loaded once). Its batches are exactly the baselines' given batches
+  (all rows cut as one stream), and nothing runs beside its training: reading, planning and the pull of its rows come
+  before it, as the baselines' reading and planning come before their loops. The ratio to ``fbgemm`` / ``pytorch``
+  thus compares training with training, both given their batches; the four-pass ``train stage`` shares the cores
+  with the next pass's staging (on a machine of few cores, that costs it more than a GPU machine would).
+  ``+ its per-batch plan`` adds the seconds of the per-batch part of its planning (each batch's unique rows, its
+  occurrences sorted by row: see :func:`_per_batch_plan_s`), which FBGEMM does inside its timed backward.
 - ``hier_ps passes 2..``: the whole run's rate over its passes after the first (whose read, plan and pull nothing
   can hide; its share of a run shrinks as runs get longer): a long run's steady state.
 - ``pytorch``: the training loop only, given keys already remapped to dense row indices (planning done for it, free)
@@ -44,12 +52,15 @@ All sides run in one process, under one OpenMP setting: hier_ps, imported before
 ``GOMP_SPINCOUNT=300000`` in the environment runs everything at libgomp's own default. The JSON's ``gomp_spincount``
 says which held.
 
-With ``--repeats N`` the sides run in N alternating rounds (ours, ours with the small cache, PyTorch, PyTorch with
-bmm, PyTorch reading, PyTorch reading with bmm, FBGEMM, FBGEMM reading, then again) and each side's median is
-reported: the machine is shared, and alternating spreads slow spells over all sides.
+With ``--repeats N`` the sides run in N alternating rounds (ours, ours with the small cache, ours in one pass,
+PyTorch, PyTorch with bmm, PyTorch reading, PyTorch reading with bmm, FBGEMM, FBGEMM reading, then again) and each
+side's median is reported: the machine is shared, and alternating spreads slow spells over all sides. Before them,
+``--warmup N`` (default 1) untimed rounds of every side: a process's first fit pays once for what later ones reuse
+(libraries loaded and initialized, OpenMP's threads started, the collection of the imports' garbage), and without a
+warm-up only the side that runs first would pay it.
 
-Usage: ``python benchmarks/e2e_bench.py [--rows 200000] [--passes 4] [--batch 4096] [--dim 16] [--repeats 1]``;
-prints a table and a JSON line.
+Usage: ``python benchmarks/e2e_bench.py [--rows 200000] [--passes 4] [--batch 4096] [--dim 16] [--repeats 1]
+[--warmup 1]``; prints a table and a JSON line.
 """
 
 from __future__ import annotations
@@ -127,6 +138,19 @@ def _planned(cfg: hp.Config, rows: int) -> tuple:
     chunk = next(reader.iter_chunks(rows))
     slot_tables = {s.name: s.table for s in cfg.data.sparse}
     return chunk, slot_tables, plan_pass(chunk, slot_tables, cfg.train.batch_size, 0, for_training=False)
+
+
+def _per_batch_plan_s(cfg: hp.Config, rows: int) -> float:
+    """Seconds of the per-batch part of planning all rows as one pass (one thread): planning for training less
+    planning for lookups only. The rest (each table's working set, keys mapped to rows) the baselines get for free;
+    this part (each batch's unique rows, its occurrences sorted by row) FBGEMM does inside its backward."""
+    chunk, slot_tables, _ = _planned(cfg, rows)
+    t0 = time.perf_counter()
+    plan_pass(chunk, slot_tables, cfg.train.batch_size, 0, for_training=False)
+    t1 = time.perf_counter()
+    plan_pass(chunk, slot_tables, cfg.train.batch_size, 0, for_training=True)
+    t2 = time.perf_counter()
+    return max((t2 - t1) - (t1 - t0), 0.0)
 
 
 def _fbgemm_side(cfg: hp.Config, rows: int) -> tuple | None:
@@ -325,9 +349,9 @@ def run_pytorch_reading(cfg: hp.Config, rows: int) -> dict:
     return {"examples": n, "train_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0}
 
 
-def _median_run(runs: list[dict]) -> dict:
-    """The run with the median examples/s (by its train_s or, for hier_ps, its pass_s)."""
-    key = "pass_s" if "pass_s" in runs[0] else "train_s"
+def _median_run(runs: list[dict], key: str | None = None) -> dict:
+    """The run with the median examples/s (by `key`; default its train_s or, for hier_ps, its pass_s)."""
+    key = key or ("pass_s" if "pass_s" in runs[0] else "train_s")
     return sorted(runs, key=lambda r: r[key])[len(runs) // 2]
 
 
@@ -338,6 +362,7 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=4096)
     p.add_argument("--dim", type=int, default=16)
     p.add_argument("--repeats", type=int, default=1)
+    p.add_argument("--warmup", type=int, default=1, help="untimed rounds of every side before the timed ones (0: none)")
     p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
     args = p.parse_args()
     if args.threads:  # on a shared machine, 1 thread per side avoids OpenMP spinning against the other users
@@ -345,6 +370,7 @@ def main() -> None:
     sides = (
         "ours",
         "small",
+        "one_pass",
         "pytorch",
         "pytorch_bmm",
         "pytorch_reading",
@@ -356,21 +382,30 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "data"
         info = generate_synthetic(data, preset="demo", seed=0, train_rows=args.rows, eval_rows=1000)
-        for r in range(args.repeats):
+        for r in range(args.warmup + args.repeats):
+            if r == 0 and args.warmup:
+                print(f"warm-up: {args.warmup} untimed round(s) of every side first", flush=True)
+            timed = r >= args.warmup
             cfg = _config(data, Path(tmp) / f"run{r}", args.rows // args.passes, args.batch, args.dim, info)
-            runs["ours"].append(run_hier_ps(cfg))
+            one = {"ours": run_hier_ps(cfg)}
             small = _config(data, Path(tmp) / f"small{r}", args.rows // args.passes, args.batch, args.dim, info)
-            small.store.host_cache_bytes = max(runs["ours"][-1]["model_bytes"] // 10, 1)
-            runs["small"].append(run_hier_ps(small))
-            runs["pytorch"].append(run_pytorch(cfg, args.rows))
+            small.store.host_cache_bytes = max(one["ours"]["model_bytes"] // 10, 1)
+            one["small"] = run_hier_ps(small)
+            one_cfg = _config(data, Path(tmp) / f"one{r}", args.rows, args.batch, args.dim, info)
+            one["one_pass"] = run_hier_ps(one_cfg) | {"per_batch_plan_s": _per_batch_plan_s(one_cfg, args.rows)}
+            one["pytorch"] = run_pytorch(cfg, args.rows)
             with bmm_interaction():
-                runs["pytorch_bmm"].append(run_pytorch(cfg, args.rows))
-            runs["pytorch_reading"].append(run_pytorch_reading(cfg, args.rows))
+                one["pytorch_bmm"] = run_pytorch(cfg, args.rows)
+            one["pytorch_reading"] = run_pytorch_reading(cfg, args.rows)
             with bmm_interaction():
-                runs["pytorch_reading_bmm"].append(run_pytorch_reading(cfg, args.rows))
-            runs["fbgemm"].append(run_fbgemm(cfg, args.rows))
-            runs["fbgemm_reading"].append(run_fbgemm_reading(cfg, args.rows))
+                one["pytorch_reading_bmm"] = run_pytorch_reading(cfg, args.rows)
+            one["fbgemm"] = run_fbgemm(cfg, args.rows)
+            one["fbgemm_reading"] = run_fbgemm_reading(cfg, args.rows)
+            if timed:
+                for side, result in one.items():
+                    runs[side].append(result)
     ours, ours_small = _median_run(runs["ours"]), _median_run(runs["small"])
+    one_pass = _median_run(runs["one_pass"], "train_s")
     # Each PyTorch side at the faster of its two interaction paths (the C kernel or torch's bmm)
     base, base_bmm = _median_run(runs["pytorch"]), _median_run(runs["pytorch_bmm"])
     io, io_bmm = _median_run(runs["pytorch_reading"]), _median_run(runs["pytorch_reading_bmm"])
@@ -385,6 +420,7 @@ def main() -> None:
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
         "rows": args.rows,
         "repeats": args.repeats,
+        "warmup": args.warmup,
         "passes": ours["passes"],
         "exposed_s_after_first_pass": ours["exposed_s"],
         "exposed_s_all_passes": ours["exposed_all_s"],
@@ -401,6 +437,13 @@ def main() -> None:
         "pytorch_interaction": "bmm" if base is base_bmm else "C",
         "pytorch_reading_interaction": "bmm" if base_io is io_bmm else "C",
     }
+    res["hier_ps_one_pass_train_ex_s"] = one_pass["examples"] / one_pass["train_s"]
+    res["hier_ps_one_pass_whole_ex_s"] = one_pass["examples"] / one_pass["pass_s"]
+    res["ratio_one_pass_train"] = res["hier_ps_one_pass_train_ex_s"] / res["pytorch_train_ex_s"]
+    res["per_batch_plan_s"] = one_pass["per_batch_plan_s"]
+    res["hier_ps_one_pass_train_sort_ex_s"] = one_pass["examples"] / (
+        one_pass["train_s"] + one_pass["per_batch_plan_s"]
+    )
     res["host_cache_bytes_small"] = ours["model_bytes"] // 10
     res["model_bytes"] = ours["model_bytes"]
     res["hier_ps_small_cache_ex_s"] = ours_small["examples"] / ours_small["pass_s"]
@@ -410,6 +453,12 @@ def main() -> None:
     res["fbgemm_train_ex_s"] = fb["examples"] / fb["train_s"] if fb else None
     res["ratio_vs_fbgemm"] = res["hier_ps_pass_ex_s"] / res["fbgemm_train_ex_s"] if fb else None
     res["ratio_train_vs_fbgemm"] = res["hier_ps_train_ex_s"] / res["fbgemm_train_ex_s"] if fb else None
+    res["ratio_one_pass_train_vs_fbgemm"] = (
+        res["hier_ps_one_pass_train_ex_s"] / res["fbgemm_train_ex_s"] if fb else None
+    )
+    res["ratio_one_pass_train_sort_vs_fbgemm"] = (
+        res["hier_ps_one_pass_train_sort_ex_s"] / res["fbgemm_train_ex_s"] if fb else None
+    )
     res["fbgemm_reading_ex_s"] = fb_io["examples"] / fb_io["train_s"] if fb_io else None
     res["ratio_vs_fbgemm_reading"] = res["hier_ps_pass_ex_s"] / res["fbgemm_reading_ex_s"] if fb_io else None
     res["ratio_train"] = res["hier_ps_train_ex_s"] / res["pytorch_train_ex_s"]
@@ -436,14 +485,20 @@ def main() -> None:
         "fbgemm": 1e6 * fb["cpu_s"] / fb["examples"] if fb else None,
         "fbgemm_reading": 1e6 * fb_io["cpu_s"] / fb_io["examples"] if fb_io else None,
     }
-    res["all_runs_ex_s"] = {
-        side: [(r["examples"] / (r["pass_s"] if "pass_s" in r else r["train_s"])) if r else None for r in side_runs]
+    res["all_runs_ex_s"] = {  # hier_ps by its pass_s, but the one-pass side by its train stage
+        side: [
+            (r["examples"] / (r["pass_s"] if "pass_s" in r and side != "one_pass" else r["train_s"])) if r else None
+            for r in side_runs
+        ]
         for side, side_runs in runs.items()
     }
     print(f"{'side':<32}{'examples/s':>14}")
     print(f"{'hier_ps train stage':<32}{res['hier_ps_train_ex_s']:>14,.0f}")
     print(f"{'hier_ps whole run':<32}{res['hier_ps_pass_ex_s']:>14,.0f}")
     print(f"{'hier_ps whole run, cache 1/10':<32}{res['hier_ps_small_cache_ex_s']:>14,.0f}")
+    print(f"{'hier_ps train stage, one pass':<32}{res['hier_ps_one_pass_train_ex_s']:>14,.0f}")
+    print(f"{'  + its per-batch plan':<32}{res['hier_ps_one_pass_train_sort_ex_s']:>14,.0f}")
+    print(f"{'hier_ps whole run, one pass':<32}{res['hier_ps_one_pass_whole_ex_s']:>14,.0f}")
     if steady:
         print(f"{'hier_ps passes 2.. (steady)':<32}{res['hier_ps_steady_ex_s']:>14,.0f}")
     pt, ptr = res["pytorch_interaction"], res["pytorch_reading_interaction"]
@@ -455,7 +510,9 @@ def main() -> None:
         print(
             f"ratio vs fbgemm given its batches: whole run {res['ratio_vs_fbgemm']:.2f}x, train stage "
             f"{res['ratio_train_vs_fbgemm']:.2f}x; vs fbgemm reading its data: whole run "
-            f"{res['ratio_vs_fbgemm_reading']:.2f}x"
+            f"{res['ratio_vs_fbgemm_reading']:.2f}x; train stage of one pass (same batches) "
+            f"{res['ratio_one_pass_train_vs_fbgemm']:.2f}x, with its per-batch plan "
+            f"{res['ratio_one_pass_train_sort_vs_fbgemm']:.2f}x"
         )
     else:
         print("fbgemm: not installed, skipped")
@@ -463,7 +520,10 @@ def main() -> None:
         f"model {res['model_bytes'] / 2**20:.1f} MiB of rows; host cache 1/10 of it vs all in RAM: "
         f"{res['ratio_small_cache']:.2f}x (hit rate {res['small_cache_hit_rate']:.2f})"
     )
-    print(f"ratio (train stage / pytorch): {res['ratio_train']:.2f}x; (whole run / pytorch): {res['ratio_pass']:.2f}x")
+    print(
+        f"ratio (train stage / pytorch): {res['ratio_train']:.2f}x; (whole run / pytorch): {res['ratio_pass']:.2f}x; "
+        f"(train stage of one pass / pytorch): {res['ratio_one_pass_train']:.2f}x"
+    )
     print(
         f"ratio vs pytorch reading its data: whole run {res['ratio_pass_vs_pytorch_reading']:.2f}x"
         + (f", passes 2.. {res['ratio_steady_vs_pytorch_reading']:.2f}x" if steady else "")
