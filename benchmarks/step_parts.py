@@ -29,7 +29,7 @@ from hier_ps.data import generate_synthetic
 from hier_ps.hbm import batched, cpu_kernels, kernels
 
 PARTS = {
-    "lookup build": (batched.BatchLookup, "__init__"),
+    "lookup build": (batched.PassLookups, "lookup"),  # BatchLookup.__init__ on ranks or without the C library
     "pooled forward": (batched.BatchLookup, "forward"),
     "segments": (batched.BatchLookup, "_segments"),
     "segment sums": (kernels.TorchTwins, "segment_grads"),

@@ -46,7 +46,7 @@ from hier_ps.config import (
 from hier_ps.data import ParquetReader, generate_synthetic
 from hier_ps.data.synthetic import GENERATOR_VERSION
 from hier_ps.errors import ConfigError, HierPSError, StoreError, StoreLockedError
-from hier_ps.hbm.batched import BatchLookup, allocate_grouped
+from hier_ps.hbm.batched import BatchLookup, PassLookups, allocate_grouped
 from hier_ps.hbm.kernels import CudaKernels, TorchTwins, kernels_for
 from hier_ps.hbm.working_set import TableSpec, WorkingSet, WorkingSetTable, segment_sum, table_specs
 from hier_ps.hostmem import HostCache
@@ -975,14 +975,25 @@ class Trainer:
         """Trains every batch of the pass; returns the sum of the examples' losses (over all ranks)."""
         self.model.train()
         loss_sum = 0.0
+        # One process: every batch's lookup assembled in C from the pass plan (no per-slot views per batch)
+        pre = None if isinstance(plan, RankPlan) else PassLookups.build(ws, plan, self.slot_tables, self.pooling)
         for i in range(plan.num_batches):
+            if pre is not None:
+                assert isinstance(plan, PassPlan)
+                lo, hi = i * plan.batch_size, min((i + 1) * plan.batch_size, plan.num_examples)
+                n = hi - lo
+                lk = pre.lookup(i, n)
+                loss_sum += self._train_step(plan.chunk.labels[lo:hi], plan.chunk.dense[lo:hi], lk, n) * n
+                bar.update(n)
+                continue
             b = plan.batch(i)  # on several ranks: this rank's slice of global batch i (DESIGN.md contract 4)
             n = plan.global_len(i) if isinstance(plan, RankPlan) else len(b)
             if self.row_wise:
                 assert isinstance(plan, RankPlan)
                 loss_sum += self._train_step_row_wise(b, plan.exchange(i), ws, n) * n
             else:
-                loss_sum += self._train_step(b, ws, n) * n
+                lk = BatchLookup(ws, b, self.slot_tables, self.pooling)
+                loss_sum += self._train_step(b.labels, b.dense, lk, n) * n
             bar.update(n)
         if self.ring is not None:
             t = torch.tensor([loss_sum], dtype=torch.float64, device=self._comm_device)
@@ -1003,11 +1014,11 @@ class Trainer:
         logits = self.model(dense, pooled)
         return logits.reshape(len(dense), len(self.tasks))
 
-    def _train_step(self, b: BatchPlan, ws: WorkingSet, global_len: int) -> float:
-        """One step on batch `b`, this rank's part of a global batch of `global_len` examples (all of it in one
-        process); returns this rank's share of the loss."""
-        labels, dense = self._to_device(b.labels), self._to_device(b.dense)
-        pooled, lk = self._pooled(b, ws, requires_grad=True)
+    def _train_step(self, labels_np: np.ndarray, dense_np: np.ndarray, lk: BatchLookup, global_len: int) -> float:
+        """One step on a batch (its labels, dense features and lookup), this rank's part of a global batch of
+        `global_len` examples (all of it in one process); returns this rank's share of the loss."""
+        labels, dense = self._to_device(labels_np), self._to_device(dense_np)
+        pooled = lk.forward(requires_grad=True)
         logits = self.ddp(dense, pooled).reshape(len(dense), len(self.tasks))
         # Loss: mean over the global batch of the sum over tasks (DESIGN.md contract 3); DDP sums the ranks' dense
         # gradients (sum_hook), and the ranks' row gradients are summed below.

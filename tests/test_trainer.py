@@ -103,6 +103,35 @@ def test_repeat_runs_are_bit_identical(tiny_data: dict, tmp_path: Path) -> None:
     assert outs[0] == outs[1]
 
 
+def test_lookups_assembled_in_c_train_as_batch_lookups(
+    tiny_data: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The trainer assembles each batch's lookup in C from the pass plan (PassLookups); without it (ranks, no C
+    library) it builds BatchLookups from each batch's plan. Both train the same model, bit for bit."""
+    from hier_ps.hbm import batched
+
+    build = batched.PassLookups.build
+    outs, used = [], []
+    for c_lookups in (True, False):
+
+        def built(*a: object, _on: bool = c_lookups, **k: object) -> batched.PassLookups | None:
+            pre = build(*a, **k) if _on else None
+            used.append(pre is not None)
+            return pre
+
+        monkeypatch.setattr(batched.PassLookups, "build", staticmethod(built))
+        cfg = tiny_config(tiny_data, tmp_path / f"c{c_lookups}", **{"train.pass_examples": 4096})
+        with hp.Trainer(cfg) as tr:
+            tr.fit()
+            rows = all_rows(tr)
+            outs.append(
+                ({t: r.tobytes() for t, (_, r) in rows.items()}, {k: v.tobytes() for k, v in dense_state(tr).items()})
+            )
+    passes = len(used) // 2
+    assert passes > 1 and used == [True] * passes + [False] * passes
+    assert outs[0] == outs[1]
+
+
 def test_end_to_end_learns_and_reports(tiny_data: dict, tmp_path: Path) -> None:
     cfg = tiny_config(
         tiny_data,

@@ -36,10 +36,11 @@ import torch
 from hier_ps.hbm.kernels import CudaKernels, kernels_for
 
 if TYPE_CHECKING:
+    from hier_ps.hbm.cpu_kernels import BatchAssembler
     from hier_ps.hbm.working_set import TableSpec, WorkingSet, WorkingSetTable
-    from hier_ps.plan import BatchPlan
+    from hier_ps.plan import BatchPlan, PassPlan
 
-__all__ = ["BatchLookup", "TableGroup", "allocate_grouped", "group_tables"]
+__all__ = ["BatchLookup", "PassLookups", "TableGroup", "allocate_grouped", "group_tables"]
 
 
 class TableGroup:
@@ -191,11 +192,44 @@ class BatchLookup:
             if slots:
                 self.parts.append(self._part(g, b, slots, slot_tables, pooling))
 
+    @classmethod
+    def _of(cls, parts: list[_Part], batch: int) -> BatchLookup:
+        """A lookup of ready parts (see :class:`PassLookups`)."""
+        lk = cls.__new__(cls)
+        lk.parts, lk.batch = parts, batch
+        return lk
+
+    @staticmethod
+    def _made(g: TableGroup, slots: list[str], arrays: dict[str, np.ndarray | None], mean_bags: list) -> _Part:
+        """A part from its host arrays (rows, offsets, div, urows, optionally lengths and inv, and presorted, bags
+        and seg), moved to the device; `mean_bags` the (first bag, end bag) of each mean slot."""
+        dev = g.emb.device
+
+        def to(a: np.ndarray) -> torch.Tensor:
+            return torch.from_numpy(a).to(dev, non_blocking=True)
+
+        div = arrays["div"]
+        div_t = None if div is None else to(div)
+        offsets = arrays["offsets"]
+        assert offsets is not None
+        presorted = None if arrays.get("bags") is None else (arrays["bags"], arrays["seg"])
+        return _Part(
+            g,
+            slots,
+            to(arrays["rows"]),
+            to(offsets),
+            div_t,
+            to(arrays["urows"]),
+            arrays.get("inv"),
+            presorted,
+            arrays["lengths"] if arrays.get("lengths") is not None else np.diff(offsets),
+            [(lo, hi, div_t[lo:hi, None]) for lo, hi in mean_bags] if div_t is not None else [],
+        )
+
     @staticmethod
     def _part(
         g: TableGroup, b: BatchPlan, slots: list[str], slot_tables: dict[str, str], pooling: dict[str, str]
     ) -> _Part:
-        dev = g.emb.device
         n_b = len(b)
         # Each slot's rows and offsets are written straight into the part's arrays (no per-slot temporaries).
         rows = np.empty(sum(len(b.slots[s][1]) for s in slots), np.int64)
@@ -256,22 +290,10 @@ class BatchLookup:
                     ubase += len(u)
                 inv_all = np.concatenate([inv_of[s] for s in slots]).astype(np.int64, copy=False)
 
-        def to(a: np.ndarray) -> torch.Tensor:
-            return torch.from_numpy(a).to(dev, non_blocking=True)
-
-        div_t = None if div is None else to(div)
-        return _Part(
-            g,
-            slots,
-            to(rows),
-            to(offsets),
-            div_t,
-            to(urows),
-            inv_all,
-            presorted,
-            lengths,
-            [(lo, hi, div_t[lo:hi, None]) for lo, hi in mean_bags] if div_t is not None else [],
-        )
+        arrays = {"rows": rows, "offsets": offsets, "lengths": lengths, "div": div, "urows": urows, "inv": inv_all}
+        if presorted is not None:
+            arrays["bags"], arrays["seg"] = presorted
+        return BatchLookup._made(g, slots, arrays, mean_bags)
 
     def forward(self, requires_grad: bool = False) -> dict[str, torch.Tensor]:
         """Pooled lookups: slot -> float32[B, dim] (views of one output per group; with `requires_grad`, that
@@ -357,3 +379,70 @@ class BatchLookup:
             grad, div = self._grad(p)
             g.kernels.backward_update(g.opt, g.emb, g.state, p.urows, seg, bags, grad, div)
             g.zero_nulls()
+
+
+class PassLookups:
+    """Every batch's :class:`BatchLookup` of one pass, assembled in C straight from the pass plan's arrays
+    (:class:`hier_ps.hbm.cpu_kernels.BatchAssembler`): the same lookups as ``BatchLookup(ws, plan.batch(i), ...)``,
+    without the per-slot views of ``PassPlan.batch`` and the per-slot and per-table numpy calls of ``BatchLookup``.
+    In e2e_bench's fits (26 slots, batches of 4096) that took the trainer's thread 1.4-1.6 ms a batch, this 0.9-1.0
+    ms: most of what is left is moving the arrays' bytes (benchmarks/RESULTS.md, session 13).
+
+    Build with :meth:`build`, which says None where it does not apply.
+    """
+
+    def __init__(self, groups: list[tuple[TableGroup, list[str], BatchAssembler, list[int]]]) -> None:
+        self._groups = groups
+
+    @classmethod
+    def build(
+        cls, ws: WorkingSet, plan: PassPlan, slot_tables: dict[str, str], pooling: dict[str, str]
+    ) -> PassLookups | None:
+        """The pass's lookups, or None: no C library (``HIER_PS_KERNELS=torch``, no compiler), or a plan without
+        per-batch training arrays (planned for eval)."""
+        from hier_ps.hbm import cpu_kernels
+
+        if cpu_kernels.optional() is None:
+            return None
+        by_table: dict[str, list[str]] = {}
+        for s, t in slot_tables.items():
+            by_table.setdefault(t, []).append(s)
+        n_ex, bs = plan.num_examples, plan.batch_size
+        groups = []
+        for g in ws.groups():
+            slots = [s for s, t in slot_tables.items() if t in g.base]
+            if not slots:
+                continue
+            tables = [t for t in g.base if t in by_table]
+            if any(t not in plan.urows or t not in plan.occ_offsets for t in tables):
+                return None
+            part_slot = {s: j for j, s in enumerate(slots)}
+            assembler = cpu_kernels.BatchAssembler(
+                [(plan.chunk.sparse[s][0], plan.local[s], g.base[slot_tables[s]], pooling[s] == "mean") for s in slots],
+                [
+                    (
+                        plan.urow_offsets[t],
+                        plan.urows[t],
+                        plan.urow_counts[t],
+                        plan.occ_offsets[t],
+                        plan.sorted_slot[t],
+                        plan.sorted_example[t],
+                        g.base[t],
+                        [part_slot[s] for s in by_table[t]],
+                    )
+                    for t in tables
+                ],
+                bs,
+                n_ex,
+            )
+            mean_slots = [j for j, s in enumerate(slots) if pooling[s] == "mean"]
+            groups.append((g, slots, assembler, mean_slots))
+        return cls(groups)
+
+    def lookup(self, i: int, batch: int) -> BatchLookup:
+        """Batch i's lookup (`batch` its examples)."""
+        parts = []
+        for g, slots, assembler, mean_slots in self._groups:
+            bags = [(j * batch, (j + 1) * batch) for j in mean_slots]
+            parts.append(BatchLookup._made(g, slots, assembler(i), bags))
+        return BatchLookup._of(parts, batch)

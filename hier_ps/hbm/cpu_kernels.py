@@ -51,6 +51,7 @@ from hier_ps.hbm.kernels import TorchTwins
 from hier_ps.hbm.optimizers import SparseOptimizer
 
 __all__ = [
+    "BatchAssembler",
     "CpuKernels",
     "dot_interaction",
     "dot_interaction_backward",
@@ -64,7 +65,7 @@ __all__ = [
 _CHECKOUT_SRC = Path(__file__).resolve().parents[2] / "cpu_kernels"
 # A checkout (or editable install) reads the sources where they are; an installed wheel carries them in the package.
 _SRC_DIR = _CHECKOUT_SRC if _CHECKOUT_SRC.is_dir() else Path(__file__).resolve().parents[1] / "cpu_kernels"
-_SOURCES = ("embedding.c", "plan.c", "unique.c", "rows.c", "interaction.c")  # one library
+_SOURCES = ("embedding.c", "plan.c", "unique.c", "rows.c", "interaction.c", "batch.c")  # one library
 _HEADERS = ("parallel.h",)  # included by the sources: part of the cache key
 # No fused multiply-adds, as the twins and the CUDA kernels (--fmad=false): gcc's -std=c11 (not gnu11) implies
 # -ffp-contract=off, clang's does not.
@@ -153,6 +154,8 @@ def _build_and_load() -> None:
     lib.move_rows_fp32.restype = ctypes.c_int
     lib.plan_batches.argtypes = [p, p, i64, i64, i64, i64, p, ctypes.c_int, p, p, p, p, p, p, p]
     lib.plan_batches.restype = i64
+    lib.batch_lookup.argtypes = [ctypes.c_int, p, p, p, p, i64, i64, p, p, p, ctypes.c_int, i64, *[p] * 12]
+    lib.batch_lookup.restype = None
     lib.unique_inverse_counts_u64.argtypes = [p, i64, i64, p, p, p]
     lib.unique_inverse_counts_u64.restype = i64
     lib.init_uniform_fp32.argtypes = [ctypes.c_uint64, p, i64, ctypes.c_int, ctypes.c_int, ctypes.c_double, p, i64]
@@ -227,6 +230,84 @@ def plan_batches(loc: np.ndarray, offsets: list[np.ndarray], batch_size: int, n_
         raise MemoryError(f"plan_batches: out of memory for {n} occurrences")
     out["urows"], out["urow_counts"] = out["urows"][:pairs].copy(), out["urow_counts"][:pairs].copy()
     return out
+
+
+class BatchAssembler:
+    """One group's per-batch lookup arrays in C (``cpu_kernels/batch.c``), straight from a pass plan's arrays: the
+    arrays :class:`hier_ps.hbm.batched.BatchLookup` builds with numpy from ``PassPlan.batch(i)``, in one call per
+    batch instead of a view and a few numpy calls per slot and table.
+
+    Args:
+        slots: the part's slots, in part order: (the pass's CSR offsets int64[examples+1], the slot's local rows
+            int64[nnz], its table's first row in the group, mean-pooled).
+        tables: the group's training tables, in group order: (PassPlan's urow_offsets, urows, urow_counts,
+            occ_offsets, sorted_slot, sorted_example of the table, its first row in the group, the part position of
+            each of the table's slots).
+        batch_size: examples per batch.
+        n_examples: examples of the pass.
+
+    Raises:
+        RuntimeError: the library cannot be built (:func:`load`).
+    """
+
+    def __init__(
+        self,
+        slots: list[tuple[np.ndarray, np.ndarray, int, bool]],
+        tables: list[tuple[np.ndarray, ...]],
+        batch_size: int,
+        n_examples: int,
+    ) -> None:
+        self._lib = load()
+        i64 = np.int64
+        self._off = [np.ascontiguousarray(o, i64) for o, _, _, _ in slots]
+        self._loc = [np.ascontiguousarray(loc, i64) for _, loc, _, _ in slots]
+        self._base = np.array([b for _, _, b, _ in slots], i64)
+        self._mean = np.array([m for _, _, _, m in slots], np.uint8)
+        kinds = (i64, i64, i64, i64, np.int16, np.int32)
+        self._tab = [[np.ascontiguousarray(t[f], kinds[f]) for t in tables] for f in range(6)]
+        self._tbase = np.array([t[6] for t in tables], i64)
+        self._first = np.concatenate([np.asarray(t[7], i64) for t in tables] or [np.zeros(0, i64)])
+        self._fstart = np.cumsum([0, *(len(t[7]) for t in tables)], dtype=i64)[:-1].copy()
+        self._ptrs = [self._pointers(a) for a in (self._off, self._loc, *self._tab)]
+        self.batch_size, self.n_examples = batch_size, n_examples
+        # Per batch: its occurrences (rows, bags) and its unique rows, from the CSR bounds of all batches at once.
+        n_batches = -(-n_examples // batch_size)
+        bounds = np.minimum(np.arange(n_batches + 1, dtype=i64) * batch_size, n_examples)
+        self._nnz = sum((np.diff(o[bounds]) for o in self._off), np.zeros(n_batches, i64))
+        self._n_urows = sum((np.diff(uo) for uo in self._tab[0]), np.zeros(n_batches, i64))
+        self._n_bags = sum((np.diff(oo) for oo in self._tab[3]), np.zeros(n_batches, i64))
+
+    @staticmethod
+    def _pointers(arrays: list[np.ndarray]) -> np.ndarray:
+        return np.array([a.ctypes.data for a in arrays] or [0], np.uintp)
+
+    def __call__(self, i: int) -> dict[str, np.ndarray]:
+        """Batch i's arrays: rows int64[nnz], offsets int64[k*B+1], div float32[k*B] (only with mean slots), urows
+        int64[U], bags int64[occ], seg int64[U+1] (see ``BatchLookup._part``)."""
+        x0 = i * self.batch_size
+        nb = min(self.batch_size, self.n_examples - x0)
+        k = len(self._off)
+        out = {
+            "rows": np.empty(self._nnz[i], np.int64),
+            "offsets": np.empty(k * nb + 1, np.int64),
+            "div": np.empty(k * nb, np.float32) if self._mean.any() else None,
+            "urows": np.empty(self._n_urows[i], np.int64),
+            "bags": np.empty(self._n_bags[i], np.int64),
+            "seg": np.empty(self._n_urows[i] + 1, np.int64),
+        }
+        off, loc, uo, ur, uc, oo, ss, se = (a.ctypes.data for a in self._ptrs)
+        self._lib.batch_lookup(
+            k, off, loc, self._base.ctypes.data, self._mean.ctypes.data, x0, nb,
+            out["rows"].ctypes.data, out["offsets"].ctypes.data, _ptr_np(out["div"]),
+            len(self._tbase), i, uo, ur, uc, oo, ss, se,
+            self._tbase.ctypes.data, self._first.ctypes.data, self._fstart.ctypes.data,
+            out["urows"].ctypes.data, out["bags"].ctypes.data, out["seg"].ctypes.data,
+        )  # fmt: skip
+        return out
+
+
+def _ptr_np(a: np.ndarray | None) -> int | None:
+    return None if a is None else a.ctypes.data
 
 
 def unique_inverse_counts(

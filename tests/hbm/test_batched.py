@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from hier_ps.config import InitConfig, SparseOptimizerConfig
 from hier_ps.hbm.batched import BatchLookup, allocate_grouped
 from hier_ps.hbm.working_set import TableSpec, WorkingSet, WorkingSetTable, segment_sum
-from hier_ps.plan import BatchPlan
+from hier_ps.plan import BatchPlan, PassPlan
 
 OPTIMIZERS = ["sgd", "adagrad", "rowwise_adagrad", "adam", "ftrl"]
 SLOTS = {"s1": "a", "s2": "a", "s3": "b", "s4": "c", "s5": "b"}  # a and b: same dim, one group; c: its own
@@ -155,16 +155,13 @@ def test_tables_assembled_in_their_group_blocks_are_taken_without_a_copy() -> No
     )
 
 
-def test_segments_from_the_plans_sort_equal_the_sorted_inverses() -> None:
-    """A planned batch carries its occurrences' order (BatchPlan.order): the segments BatchLookup takes from it
-    equal those it sorts out of the inverses itself, with shared tables, a group of tables, the null row of
-    admission and empty bags; and the step is bit-identical either way."""
-    import dataclasses
-
+def _planned_pass(seed: int) -> PassPlan:
+    """A pass of 3 full batches and a short one over SLOTS (a shared table, a group of two tables, mean slots, empty
+    bags, the null row of admission in table a), planned for training."""
     from hier_ps.data import ExampleChunk
     from hier_ps.plan import plan_pass
 
-    rng = np.random.default_rng(5)
+    rng = np.random.default_rng(seed)
     n = 3 * B + 5  # a short last batch
     sparse = {}
     for s, t in SLOTS.items():
@@ -175,19 +172,33 @@ def test_segments_from_the_plans_sort_equal_the_sorted_inverses() -> None:
     def admit(table: str, keys: np.ndarray, batches: np.ndarray, counts: np.ndarray) -> np.ndarray:
         return (keys % 2 == 1) | (batches > 0)  # table a: even keys get a row only from batch 1 on
 
-    plan = plan_pass(chunk, SLOTS, B, 0, admit=admit, admission_tables={"a"})
-    assert plan.rejected["a"][1] > 0  # some occurrences point at the null row
-    cfg = SparseOptimizerConfig(name="adagrad", lr=0.1)
+    return plan_pass(chunk, SLOTS, B, 0, admit=admit, admission_tables={"a"})
+
+
+def _pass_ws(plan: PassPlan, opt: str) -> WorkingSet:
+    """A fresh working set of the pass's keys (table a with its null row)."""
+    cfg = SparseOptimizerConfig(name=opt, lr=0.1)
     specs = {t: TableSpec(t, DIMS[t], InitConfig(name="normal", std=0.5), cfg) for t in DIMS}
+    tables = {
+        t: WorkingSetTable.from_rows(
+            specs[t], k, specs[t].layout.new_rows(0, t, k, specs[t].init), "cpu", null_row=(t == "a")
+        )
+        for t, k in plan.keys.items()
+    }
+    return WorkingSet(tables)
+
+
+def test_segments_from_the_plans_sort_equal_the_sorted_inverses() -> None:
+    """A planned batch carries its occurrences' order (BatchPlan.order): the segments BatchLookup takes from it
+    equal those it sorts out of the inverses itself, with shared tables, a group of tables, the null row of
+    admission and empty bags; and the step is bit-identical either way."""
+    import dataclasses
+
+    plan = _planned_pass(5)
+    assert plan.rejected["a"][1] > 0  # some occurrences point at the null row
     results = []
     for presorted in (True, False):
-        tables = {
-            t: WorkingSetTable.from_rows(
-                specs[t], k, specs[t].layout.new_rows(0, t, k, specs[t].init), "cpu", null_row=(t == "a")
-            )
-            for t, k in plan.keys.items()
-        }
-        ws = WorkingSet(tables)
+        ws = _pass_ws(plan, "adagrad")
         for i in range(plan.num_batches):
             b = plan.batch(i)
             assert set(b.order) == set(b.tables)
@@ -245,3 +256,47 @@ def test_slot_gradients_in_one_block_are_read_as_they_are(monkeypatch: pytest.Mo
     assert torch.equal(blocks, given)  # the model's tensor is read, not divided in place
     for t in DIMS:
         assert torch.equal(after[0][t][0], after[1][t][0]) and torch.equal(after[0][t][1], after[1][t][1])
+
+
+def test_pass_lookups_assembled_in_c_equal_the_numpy_lookups() -> None:
+    """PassLookups (cpu_kernels/batch.c, from the pass plan's arrays) builds every batch's lookup array for array as
+    BatchLookup does from PassPlan.batch(i) with numpy: rows, bag offsets and sizes, mean divisors, unique rows and
+    the presorted segments, with a shared table, a group of two tables, mean slots, empty bags, the null row and a
+    short last batch."""
+    from hier_ps.hbm.batched import PassLookups
+
+    plan = _planned_pass(11)
+    ws = _pass_ws(plan, "rowwise_adagrad")
+    pre = PassLookups.build(ws, plan, SLOTS, POOLING)
+    assert pre is not None
+    for i in range(plan.num_batches):
+        b = plan.batch(i)
+        got, want = pre.lookup(i, len(b)), BatchLookup(ws, b, SLOTS, POOLING)
+        assert got.batch == want.batch == len(b)
+        assert len(got.parts) == len(want.parts) == 2
+        for p, q in zip(got.parts, want.parts, strict=True):
+            assert p.group is q.group and p.slots == q.slots
+            for x, y in [(p.rows, q.rows), (p.offsets, q.offsets), (p.urows, q.urows)]:
+                assert x.dtype == y.dtype and torch.equal(x, y)
+            assert (p.div is None) == (q.div is None)
+            if p.div is not None:
+                assert torch.equal(p.div, q.div)
+            assert np.array_equal(p.lengths, q.lengths)
+            assert p.presorted is not None and q.presorted is not None
+            for x, y in zip(p.presorted, q.presorted, strict=True):
+                assert x.dtype == y.dtype and np.array_equal(x, y)
+            assert [(lo, hi) for lo, hi, _ in p.means] == [(lo, hi) for lo, hi, _ in q.means]
+            assert p.inv is None and q.inv is None
+
+
+def test_pass_lookups_need_a_plan_for_training() -> None:
+    """A pass planned for lookups only (eval) has no per-batch arrays: PassLookups declines it, and the trainer
+    keeps BatchLookup's path."""
+    from hier_ps.hbm.batched import PassLookups
+    from hier_ps.plan import plan_pass
+
+    plan = _planned_pass(12)
+    ws = _pass_ws(plan, "rowwise_adagrad")
+    eval_plan = plan_pass(plan.chunk, SLOTS, B, 0, for_training=False)
+    assert PassLookups.build(ws, eval_plan, SLOTS, POOLING) is None
+    assert PassLookups.build(ws, plan, SLOTS, POOLING) is not None
