@@ -19,7 +19,7 @@ What each side's number includes:
   (all rows cut as one stream), and nothing runs beside its training: reading, planning and the pull of its rows come
   before it, as the baselines' reading and planning come before their loops. The ratio to ``fbgemm`` / ``pytorch``
   thus compares training with training, both given their batches; the four-pass ``train stage`` shares the cores
-  with the next pass's staging (on a machine of few cores, that costs it more than a GPU machine would).
+  with the next pass's staging (on a machine of few cores, the staging's CPU time is taken from training).
   ``+ its per-batch plan`` adds the seconds of the per-batch part of its planning (each batch's unique rows, its
   occurrences sorted by row: see :func:`_per_batch_plan_s`), which FBGEMM does inside its timed backward.
 - ``hier_ps passes 2..``: the whole run's rate over its passes after the first (whose read, plan and pull nothing
