@@ -976,24 +976,22 @@ class Trainer:
         self.model.train()
         loss_sum = 0.0
         # One process: every batch's lookup assembled in C from the pass plan (no per-slot views per batch)
-        pre = None if isinstance(plan, RankPlan) else PassLookups.build(ws, plan, self.slot_tables, self.pooling)
+        one = plan if isinstance(plan, PassPlan) else None
+        pre = None if one is None else PassLookups.build(ws, one, self.slot_tables, self.pooling)
         for i in range(plan.num_batches):
-            if pre is not None:
-                assert isinstance(plan, PassPlan)
-                lo, hi = i * plan.batch_size, min((i + 1) * plan.batch_size, plan.num_examples)
+            if one is not None and pre is not None:
+                lo, hi = i * one.batch_size, min((i + 1) * one.batch_size, one.num_examples)
                 n = hi - lo
-                lk = pre.lookup(i, n)
-                loss_sum += self._train_step(plan.chunk.labels[lo:hi], plan.chunk.dense[lo:hi], lk, n) * n
-                bar.update(n)
-                continue
-            b = plan.batch(i)  # on several ranks: this rank's slice of global batch i (DESIGN.md contract 4)
-            n = plan.global_len(i) if isinstance(plan, RankPlan) else len(b)
-            if self.row_wise:
-                assert isinstance(plan, RankPlan)
-                loss_sum += self._train_step_row_wise(b, plan.exchange(i), ws, n) * n
+                loss_sum += self._train_step(one.chunk.labels[lo:hi], one.chunk.dense[lo:hi], pre.lookup(i, n), n) * n
             else:
-                lk = BatchLookup(ws, b, self.slot_tables, self.pooling)
-                loss_sum += self._train_step(b.labels, b.dense, lk, n) * n
+                b = plan.batch(i)  # on several ranks: this rank's slice of global batch i (DESIGN.md contract 4)
+                n = plan.global_len(i) if isinstance(plan, RankPlan) else len(b)
+                if self.row_wise:
+                    assert isinstance(plan, RankPlan)
+                    loss_sum += self._train_step_row_wise(b, plan.exchange(i), ws, n) * n
+                else:
+                    lk = BatchLookup(ws, b, self.slot_tables, self.pooling)
+                    loss_sum += self._train_step(b.labels, b.dense, lk, n) * n
             bar.update(n)
         if self.ring is not None:
             t = torch.tensor([loss_sum], dtype=torch.float64, device=self._comm_device)

@@ -269,6 +269,11 @@ class BatchAssembler:
         self._first = np.concatenate([np.asarray(t[7], i64) for t in tables] or [np.zeros(0, i64)])
         self._fstart = np.cumsum([0, *(len(t[7]) for t in tables)], dtype=i64)[:-1].copy()
         self._ptrs = [self._pointers(a) for a in (self._off, self._loc, *self._tab)]
+        # The addresses every call passes, taken once (the arrays above keep them valid)
+        ptr = [a.ctypes.data for a in self._ptrs]
+        self._slot_args = (len(self._off), ptr[0], ptr[1], self._base.ctypes.data, self._mean.ctypes.data)
+        self._table_args = (*ptr[2:], self._tbase.ctypes.data, self._first.ctypes.data, self._fstart.ctypes.data)
+        self._has_mean = bool(self._mean.any())
         self.batch_size, self.n_examples = batch_size, n_examples
         # Per batch: its occurrences (rows, bags) and its unique rows, from the CSR bounds of all batches at once.
         n_batches = -(-n_examples // batch_size)
@@ -286,21 +291,18 @@ class BatchAssembler:
         int64[U], bags int64[occ], seg int64[U+1] (see ``BatchLookup._part``)."""
         x0 = i * self.batch_size
         nb = min(self.batch_size, self.n_examples - x0)
-        k = len(self._off)
+        k = self._slot_args[0]
         out = {
             "rows": np.empty(self._nnz[i], np.int64),
             "offsets": np.empty(k * nb + 1, np.int64),
-            "div": np.empty(k * nb, np.float32) if self._mean.any() else None,
+            "div": np.empty(k * nb, np.float32) if self._has_mean else None,
             "urows": np.empty(self._n_urows[i], np.int64),
             "bags": np.empty(self._n_bags[i], np.int64),
             "seg": np.empty(self._n_urows[i] + 1, np.int64),
         }
-        off, loc, uo, ur, uc, oo, ss, se = (a.ctypes.data for a in self._ptrs)
         self._lib.batch_lookup(
-            k, off, loc, self._base.ctypes.data, self._mean.ctypes.data, x0, nb,
-            out["rows"].ctypes.data, out["offsets"].ctypes.data, _ptr_np(out["div"]),
-            len(self._tbase), i, uo, ur, uc, oo, ss, se,
-            self._tbase.ctypes.data, self._first.ctypes.data, self._fstart.ctypes.data,
+            *self._slot_args, x0, nb, out["rows"].ctypes.data, out["offsets"].ctypes.data, _ptr_np(out["div"]),
+            len(self._tbase), i, *self._table_args,
             out["urows"].ctypes.data, out["bags"].ctypes.data, out["seg"].ctypes.data,
         )  # fmt: skip
         return out
